@@ -1,0 +1,24 @@
+"""durabatch: run a function over a large dataset as a job that survives kill -9, resumes by itself and commits
+every result exactly once."""
+
+from .errors import (
+    ChangedJobError,
+    ConfigError,
+    DurabatchError,
+    InputError,
+    LedgerError,
+    RunLockedError,
+)
+from .observe import Observer, Stats
+from .retry import RetryPolicy
+from .runner import RunSummary, run
+from .settings import JobSettings
+from .shards import export
+from .status import status
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChangedJobError", "ConfigError", "DurabatchError", "InputError", "JobSettings", "LedgerError", "Observer",
+    "RetryPolicy", "RunLockedError", "RunSummary", "Stats", "export", "run", "status",
+]

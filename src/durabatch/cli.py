@@ -1,0 +1,164 @@
+"""The command line: each subcommand builds settings and calls the library. Settings from the environment are
+read here only. Precedence: flags > DURABATCH_* environment > job file > defaults."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from . import settings as settings_mod
+from .errors import DurabatchError
+from .runner import EXIT_USAGE, run_job
+from .settings import JobSettings
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+    help="Run a function over a dataset as a durable job: kill it at any moment, run the same command again, "
+         "and it continues; every input key ends up in the output exactly once.\n\n"
+         "Exit codes: 0 all done; 1 finished with failed items; 2 usage, configuration or input error; "
+         "75 stopped early (Ctrl-C, SIGTERM) and resumable.",
+)
+
+FLAG_NAMES = {"output_format": "--format", "input": "--input"}
+SHORT = {"input": "-i"}
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"durabatch: error: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _settings_params() -> list[inspect.Parameter]:
+    """One CLI option per JobSettings field, documented by the field's description."""
+    params = []
+    for name, field in JobSettings.model_fields.items():
+        flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+        annotation: Any = field.annotation
+        choices = getattr(annotation, "__args__", ())
+        help_text = field.description or ""
+        if name == "input":
+            kind: Any = Optional[list[str]]  # noqa: UP045 - typer reads the annotation at run time
+            decls = [flag, SHORT["input"]]
+            help_text += " Repeat for several."
+        elif annotation is bool:
+            kind, decls = Optional[bool], [f"{flag}/--no-{flag[2:]}"]  # noqa: UP045
+        elif int in choices or annotation is int:
+            kind, decls = Optional[int], [flag]  # noqa: UP045
+        elif float in choices or annotation is float:
+            kind, decls = Optional[float], [flag]  # noqa: UP045
+        else:
+            literal = [c for c in getattr(choices[0], "__args__", ()) if isinstance(c, str)] if choices else []
+            literal = literal or [c for c in choices if isinstance(c, str)]
+            if literal:
+                help_text += f" [{'|'.join(literal)}]"
+            kind, decls = Optional[str], [flag]  # noqa: UP045
+        default = field.default if isinstance(field.default, int | float | str) else None
+        if default not in (None, [], False):
+            help_text += f" (default: {default})"
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                                        default=typer.Option(None, *decls, help=help_text)))
+    return params
+
+
+def run_command(job_file: Optional[Path] = None, **flags: Any) -> None:  # noqa: UP045
+    layers: list[tuple[str, dict]] = []
+    if job_file is not None:
+        try:
+            layers.append((str(job_file), settings_mod.read_job_file(job_file)))
+        except DurabatchError as exc:
+            _fail(str(exc))
+    layers.append(("environment", settings_mod.read_env(os.environ)))
+    layers.append(("command line", {k: v for k, v in flags.items() if v is not None and v != []}))
+    try:
+        config = settings_mod.merge(*layers)
+        if not config.fn:
+            _fail("no function: pass --fn package.module:callable (or fn: in the job file)")
+        summary = run_job(config.fn, None, config, [])
+    except DurabatchError as exc:
+        _fail(str(exc))
+    typer.echo(str(summary), err=True)
+    raise typer.Exit(summary.exit_code)
+
+
+run_command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [inspect.Parameter("job_file", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[Path],  # noqa: UP045
+                       default=typer.Argument(None, help="A YAML job file; flags override its settings."))]
+    + _settings_params())
+app.command(
+    "run", help="Run (or resume) a job. The same command on the same run directory continues where it stopped.",
+)(run_command)
+
+
+@app.command("status")
+def status_command(
+    run_dir: Path = typer.Argument(..., help="The job's run directory."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Show a job's progress, from another terminal while it runs or after. Reads the ledger read-only."""
+    from .status import as_json, render, status
+
+    try:
+        info = status(run_dir)
+    except DurabatchError as exc:
+        _fail(str(exc))
+    typer.echo(as_json(info) if json_out else render(info))
+
+
+@app.command("export")
+def export_command(
+    run_dir: Path = typer.Argument(..., help="The job's run directory."),
+    to: Path = typer.Option(..., "--to", help="Output file: .parquet or .jsonl."),
+    failed: bool = typer.Option(False, "--failed", help="Write the failed items (key, error, attempts) instead."),
+) -> None:
+    """Merge the committed results into one file, in source order, with the key column."""
+    from .shards import export
+
+    if to.suffix not in (".parquet", ".jsonl", ".ndjson", ".json"):
+        _fail(f"{to}: export writes .parquet or .jsonl")
+    try:
+        rows = export(run_dir, to, failed=failed)
+    except DurabatchError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {rows:,} {'failed items' if failed else 'rows'} to {to}", err=True)
+
+
+@app.command("retry-failed")
+def retry_failed_command(
+    run_dir: Path = typer.Argument(..., help="The job's run directory."),
+    error_type: Optional[str] = typer.Option(None, "--error-type", help="Only failures of this type."),  # noqa: UP045
+    quarantined: bool = typer.Option(False, "--quarantined", help="Also put quarantined items back."),
+) -> None:
+    """Put failed items back so that the next `run` does them again. Earlier attempts stay in the history."""
+    from .ledger import ItemState, Ledger, RunDir, run_lock
+
+    rd = RunDir(run_dir)
+    if not rd.ledger.exists():
+        _fail(f"{run_dir}: no ledger here (not a durabatch run directory?)")
+    states = (ItemState.FAILED, ItemState.QUARANTINED) if quarantined else (ItemState.FAILED,)
+    try:
+        with run_lock(rd):
+            ledger = Ledger.open(rd)
+            try:
+                count = ledger.put_back(states, error_type)
+            finally:
+                ledger.close()
+    except DurabatchError as exc:
+        _fail(str(exc))
+    typer.echo(f"{count:,} item(s) put back; run the job again to retry them", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="durabatch", standalone_mode=True)
+    except SystemExit as exc:
+        if argv is not None and exc.code not in (0, None):
+            raise
+        if argv is None:
+            raise
+    if argv is None:
+        sys.exit(0)

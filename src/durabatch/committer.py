@@ -1,0 +1,103 @@
+"""The commit path: finished results wait in a `Pending` buffer; a background thread turns each full buffer into
+a durable shard and ONE ledger transaction. Writing Parquet and fsync release the GIL, so commits overlap with
+the work. The committer thread is the only user of the writer connection while the run loop is going."""
+
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import shutil
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import intervals, shards
+from .errors import DurabatchError
+from .ledger import Failure, Ledger, RunDir
+
+
+@dataclass
+class Pending:
+    """Finished, not yet committed. Lost on a crash (and redone): the commit policy bounds its size."""
+
+    positions: list[int] = field(default_factory=list)
+    keys: list[Any] = field(default_factory=list)
+    outputs: list[Any] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.positions) + len(self.failures)
+
+
+@dataclass(frozen=True)
+class Committed:
+    rows: int
+    failures: int
+    shard: str | None
+
+
+class Committer:
+    def __init__(self, ledger: Ledger, run_dir: RunDir, fmt: str, key_column: str, run_id: int):
+        self.ledger = ledger
+        self.run_dir = run_dir
+        self.fmt = fmt
+        self.key_column = key_column
+        self.run_id = run_id
+        self.error: BaseException | None = None
+        self.committed: deque[Committed] = deque()  # drained by the run loop for its observers
+        self._queue: queue.Queue[Pending | None] = queue.Queue(maxsize=2)  # backpressure on a slow disk
+        self._thread = threading.Thread(target=self._loop, name="durabatch-committer", daemon=True)
+        self._thread.start()
+
+    def submit(self, pending: Pending) -> None:
+        if self.error is None:
+            self._queue.put(pending)
+
+    def close(self) -> None:
+        """Commit everything submitted, then stop. Raises the first commit error."""
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _loop(self) -> None:
+        while True:
+            pending = self._queue.get()
+            if pending is None:
+                return
+            if self.error is not None:
+                continue  # after a failed commit nothing more is committed; the run stops
+            try:
+                self.committed.append(commit(self.ledger, self.run_dir, pending, self.fmt, self.key_column,
+                                             self.run_id))
+            except BaseException as exc:  # noqa: BLE001 - handed to the run loop
+                self.error = _explain(exc, self.run_dir)
+
+
+def commit(ledger: Ledger, run_dir: RunDir, pending: Pending, fmt: str, key_column: str, run_id: int) -> Committed:
+    """Shard durable first (temp, fsync, rename, fsync dir), then one ledger transaction lists it."""
+    record = None
+    if pending.positions:
+        positions, keys, outputs = pending.positions, pending.keys, pending.outputs
+        if any(a > b for a, b in zip(positions, positions[1:], strict=False)):
+            order = sorted(range(len(positions)), key=positions.__getitem__)
+            positions = [positions[i] for i in order]
+            keys = [keys[i] for i in order]
+            outputs = [outputs[i] for i in order]
+        table = shards.build_table(key_column, keys, outputs)
+        data = shards.serialize(table, fmt)
+        record = shards.write_atomic(run_dir.shards, data, table.num_rows, intervals.from_sorted(positions), fmt)
+    ledger.commit(record, pending.failures, run_id)
+    return Committed(len(pending.positions), len(pending.failures), record.name if record else None)
+
+
+def _explain(exc: BaseException, run_dir: RunDir) -> BaseException:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(run_dir.path).free
+        return DurabatchError(f"disk full while committing to {run_dir.path} ({free:,} bytes free): {exc}. "
+                              "Nothing committed was lost; free some space and run the same command again.")
+    if isinstance(exc, OSError):
+        return DurabatchError(f"could not commit to {run_dir.path}: {exc} ({os.strerror(exc.errno or 0)})")
+    return exc

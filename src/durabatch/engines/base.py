@@ -1,0 +1,48 @@
+"""The engine contract. An asyncio or Ray engine implements the same five methods; the runner does not change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..work import ItemError, Work
+
+
+@dataclass(slots=True)
+class Batch:
+    """Records to run together. `positions` and `keys` stay with the runner's copy; engines only need records."""
+
+    id: int
+    positions: list[int]
+    keys: list[Any]
+    records: list[dict]
+    attempt: int = 1
+
+
+@dataclass(slots=True)
+class BatchResult:
+    batch: Batch
+    outputs: list[Any]  # aligned with batch.records; None where failed
+    errors: dict[int, ItemError]  # index in the batch -> error
+    seconds: float
+
+
+class Engine(Protocol):
+    slots: int
+    """How many batches may be in flight at once; the runner never submits more."""
+
+    def start(self, work: Work) -> None:
+        """Prepare workers (each runs work.prepare() once). May raise ConfigError for unusable work."""
+
+    def submit(self, batch: Batch) -> None:
+        """Hand a batch over; must not block for long. Called only while fewer than `slots` are in flight."""
+
+    def poll(self, timeout: float) -> list[BatchResult]:
+        """Finished batches, waiting up to `timeout` seconds for the first one. Every submitted batch comes back
+        exactly once: with outputs, or with an error for each item (e.g. a worker that died)."""
+
+    def in_flight(self) -> int:
+        """Submitted batches not yet returned by poll()."""
+
+    def close(self, cancel: bool = False) -> None:
+        """Release workers. cancel=True abandons in-flight batches (a second Ctrl-C) instead of waiting."""

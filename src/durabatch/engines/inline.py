@@ -1,0 +1,34 @@
+"""One worker in the calling thread, no pool: the simplest engine, for debugging and for cheap functions."""
+
+from __future__ import annotations
+
+import time
+
+from ..work import Work
+from .base import Batch, BatchResult
+
+
+class InlineEngine:
+    slots = 1
+
+    def __init__(self) -> None:
+        self._done: list[BatchResult] = []
+
+    def start(self, work: Work) -> None:
+        self.work = work
+        work.prepare()
+
+    def submit(self, batch: Batch) -> None:
+        t0 = time.perf_counter()
+        outputs, errors = self.work.execute(batch.records)
+        self._done.append(BatchResult(batch, outputs, errors, time.perf_counter() - t0))
+
+    def poll(self, timeout: float) -> list[BatchResult]:
+        done, self._done = self._done, []
+        return done
+
+    def in_flight(self) -> int:
+        return len(self._done)
+
+    def close(self, cancel: bool = False) -> None:
+        self._done = []

@@ -1,0 +1,142 @@
+"""A pool of worker processes, each fed one batch at a time over its own pipe, so that when a worker dies the
+engine knows exactly which batch it was running (ProcessPoolExecutor cannot say, and fails every pending future).
+
+Workers are spawned, never forked: the runner holds an open SQLite connection. They ignore SIGINT and SIGTERM:
+stopping is the runner's decision, so a Ctrl-C in the terminal does not kill work in flight."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+import signal
+import time
+from multiprocessing.connection import Connection, wait
+
+from ..errors import ConfigError
+from ..work import ItemError, Work
+from .base import Batch, BatchResult
+
+
+def _worker_main(conn: Connection, work_bytes: bytes) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        work: Work = pickle.loads(work_bytes)
+        work.prepare()
+    except BaseException as exc:  # noqa: BLE001 - sent to the parent, which reports it
+        conn.send(("setup_error", ItemError.from_exception(exc)))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the runner is gone
+        if message is None:
+            return
+        records = message
+        t0 = time.perf_counter()
+        try:
+            outputs, errors = work.execute(records)
+        except BaseException as exc:  # noqa: BLE001
+            error = ItemError.from_exception(exc)
+            outputs, errors = [None] * len(records), dict.fromkeys(range(len(records)), error)
+        try:
+            conn.send(("done", (outputs, errors, time.perf_counter() - t0)))
+        except Exception as exc:  # noqa: BLE001 - e.g. an output that cannot be pickled
+            error = ItemError.from_exception(exc)
+            conn.send(("done", ([None] * len(records), dict.fromkeys(range(len(records)), error), 0.0)))
+
+
+class _Worker:
+    def __init__(self, ctx: mp.context.BaseContext, work_bytes: bytes):
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, args=(child, work_bytes), daemon=True)
+        self.process.start()
+        child.close()
+        self.batch: Batch | None = None
+
+
+class ProcessEngine:
+    def __init__(self, workers: int):
+        self.slots = workers
+        self.workers = workers
+        self._pool: list[_Worker] = []
+
+    def start(self, work: Work) -> None:
+        try:
+            self._work_bytes = pickle.dumps(work)
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(f"the processes engine needs an importable function (module-level def or class, "
+                              f"or 'package.module:name'); this one cannot be pickled: {exc}") from None
+        self._ctx = mp.get_context("spawn")
+        self._pool = [_Worker(self._ctx, self._work_bytes) for _ in range(self.workers)]
+        for worker in self._pool:
+            self._await_ready(worker)
+
+    def _await_ready(self, worker: _Worker) -> None:
+        try:
+            kind, payload = worker.conn.recv()
+        except EOFError:
+            raise ConfigError(f"a worker process died while starting (exit code {worker.process.exitcode})") from None
+        if kind == "setup_error":
+            raise ConfigError(f"the function's setup failed in a worker process: {payload.error_type}: "
+                              f"{payload.message}\n{payload.traceback}")
+
+    def submit(self, batch: Batch) -> None:
+        worker = next(w for w in self._pool if w.batch is None)
+        worker.batch = batch
+        worker.conn.send(batch.records)
+
+    def poll(self, timeout: float) -> list[BatchResult]:
+        busy = [w for w in self._pool if w.batch is not None]
+        if not busy:
+            return []
+        handles = [w.conn for w in busy] + [w.process.sentinel for w in busy]
+        ready = set(wait(handles, timeout))
+        results = []
+        for worker in busy:
+            batch = worker.batch
+            assert batch is not None
+            if worker.conn in ready:
+                try:
+                    _, (outputs, errors, seconds) = worker.conn.recv()
+                except (EOFError, OSError):
+                    pass  # died while answering: handled as a death below
+                else:
+                    worker.batch = None
+                    results.append(BatchResult(batch, outputs, errors, seconds))
+                    continue
+            if worker.process.sentinel in ready or not worker.process.is_alive():
+                results.append(self._replace_dead(worker, batch))
+        return results
+
+    def _replace_dead(self, worker: _Worker, batch: Batch) -> BatchResult:
+        worker.process.join(timeout=1)
+        code = worker.process.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+        error = ItemError("WorkerDied", f"the worker process {how} while running this item's batch", "")
+        index = self._pool.index(worker)
+        worker.conn.close()
+        self._pool[index] = fresh = _Worker(self._ctx, self._work_bytes)
+        self._await_ready(fresh)
+        return BatchResult(batch, [None] * len(batch.records), dict.fromkeys(range(len(batch.records)), error), 0.0)
+
+    def in_flight(self) -> int:
+        return sum(w.batch is not None for w in self._pool)
+
+    def close(self, cancel: bool = False) -> None:
+        for worker in self._pool:
+            if cancel:
+                worker.process.kill()
+            else:
+                try:
+                    worker.conn.send(None)
+                except OSError:
+                    pass
+        for worker in self._pool:
+            worker.process.join(timeout=None if not cancel else 5)
+            if worker.process.is_alive():
+                worker.process.kill()
+            worker.conn.close()
+        self._pool = []

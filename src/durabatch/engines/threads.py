@@ -1,0 +1,80 @@
+"""A pool of daemon threads, each with its own prepared copy of the work (its own model, client...).
+
+Daemon threads, so that a second Ctrl-C can leave a stuck call behind and exit. A thread cannot be killed:
+for per-item timeouts on stuck synchronous code, use the processes engine."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+from ..work import ItemError, Work
+from .base import Batch, BatchResult
+
+
+class ThreadEngine:
+    def __init__(self, workers: int):
+        self.slots = workers * 2  # one queued behind each running batch keeps every thread busy
+        self.workers = workers
+        self._todo: queue.Queue = queue.Queue()
+        self._done: queue.Queue = queue.Queue()
+        self._in_flight = 0
+        self._ready = threading.Barrier(workers + 1)
+        self._setup_error: BaseException | None = None
+
+    def start(self, work: Work) -> None:
+        self._threads = []
+        for i in range(self.workers):
+            t = threading.Thread(target=self._worker, args=(Work(work.target, work.batched),),
+                                 name=f"durabatch-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._ready.wait()
+        if self._setup_error is not None:
+            raise self._setup_error
+
+    def _worker(self, work: Work) -> None:
+        try:
+            work.prepare()
+        except BaseException as exc:  # noqa: BLE001 - reported by start()
+            self._setup_error = exc
+        self._ready.wait()
+        if self._setup_error is not None:
+            return
+        while True:
+            batch = self._todo.get()
+            if batch is None:
+                return
+            t0 = time.perf_counter()
+            try:
+                outputs, errors = work.execute(batch.records)
+            except BaseException as exc:  # noqa: BLE001 - never lose a batch: fail its items
+                error = ItemError.from_exception(exc)
+                outputs, errors = [None] * len(batch.records), dict.fromkeys(range(len(batch.records)), error)
+            self._done.put(BatchResult(batch, outputs, errors, time.perf_counter() - t0))
+
+    def submit(self, batch: Batch) -> None:
+        self._in_flight += 1
+        self._todo.put(batch)
+
+    def poll(self, timeout: float) -> list[BatchResult]:
+        results = []
+        try:
+            results.append(self._done.get(timeout=timeout) if timeout > 0 else self._done.get_nowait())
+            while True:
+                results.append(self._done.get_nowait())
+        except queue.Empty:
+            pass
+        self._in_flight -= len(results)
+        return results
+
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def close(self, cancel: bool = False) -> None:
+        for _ in self._threads:
+            self._todo.put(None)
+        if not cancel:
+            for t in self._threads:
+                t.join()

@@ -1,0 +1,299 @@
+"""The ledger: a SQLite database (WAL) in the run directory, the only judge of what is done.
+
+Only this module knows the schema and the run directory's layout. One writer connection does every write and
+checkpoint (SQLite before 3.51.3 can corrupt a WAL with two concurrent writers); `status` opens it read-only.
+A shard row holds the positions it covers as a small blob of intervals, so a commit costs one row per shard,
+not one per item."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from . import intervals
+from .errors import LedgerError, RunLockedError
+
+SCHEMA = """
+CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE shards (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, rows INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    checksum TEXT NOT NULL, positions BLOB NOT NULL, first_pos INTEGER NOT NULL,
+    committed_at REAL NOT NULL, run_id INTEGER);
+CREATE TABLE failures (
+    pos INTEGER PRIMARY KEY, key TEXT, state TEXT NOT NULL, error_type TEXT, message TEXT, traceback TEXT,
+    attempts INTEGER NOT NULL, updated_at REAL NOT NULL, run_id INTEGER);
+CREATE TABLE attempts (
+    id INTEGER PRIMARY KEY, pos INTEGER NOT NULL, key TEXT, error_type TEXT, message TEXT, at REAL NOT NULL);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY, pid INTEGER, host TEXT, started_at REAL NOT NULL, ended_at REAL,
+    exit_code INTEGER, already_done INTEGER, done INTEGER, failed INTEGER);
+INSERT INTO meta VALUES ('schema_version', '1');
+"""
+
+
+class ItemState(StrEnum):
+    FAILED = "failed"  # finished with an error; `retry-failed` puts it back
+    PENDING = "pending"  # put back by retry-failed: the next run does it
+    QUARANTINED = "quarantined"
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRecord:
+    name: str
+    rows: int
+    bytes: int
+    checksum: str
+    spans: list[tuple[int, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    pos: int
+    key: Any
+    error_type: str
+    message: str
+    traceback: str
+    attempts: int
+    state: ItemState = ItemState.FAILED
+
+
+class RunDir:
+    """Paths inside a run directory."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.ledger = self.path / "ledger.sqlite"
+        self.shards = self.path / "shards"
+        self.logs = self.path / "logs"
+        self.job = self.path / "job.json"
+        self.lock = self.path / "lock"
+
+    def create(self) -> None:
+        for d in (self.path, self.shards, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: RunDir) -> Iterator[None]:
+    """Hold an exclusive flock on run_dir/lock for the run; the kernel releases it even on SIGKILL."""
+    fd = os.open(run_dir.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = lock_holder(run_dir)
+            raise RunLockedError(
+                f"run directory {run_dir.path} is in use by another durabatch process (pid {pid}); "
+                "wait for it to finish or stop it first", pid) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def lock_holder(run_dir: RunDir) -> int | None:
+    """The pid of the process running this directory, or None when nobody is."""
+    try:
+        fd = os.open(run_dir.lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 64).decode().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+class Ledger:
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self.conn = conn
+        self.path = path
+
+    # -- opening ---------------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, run_dir: RunDir, durable: bool = False) -> Ledger:
+        """The writer connection. A ledger is created under a temporary name and renamed into place, so one
+        killed while being created is simply created again."""
+        path = run_dir.ledger
+        tmp = path.with_name(path.name + ".init")
+        if not path.exists():
+            tmp.unlink(missing_ok=True)
+            init = sqlite3.connect(tmp)
+            init.executescript(SCHEMA)
+            init.commit()
+            init.close()
+            _fsync_path(tmp)
+            os.replace(tmp, path)
+            _fsync_path(path.parent)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise LedgerError(f"{path}: the file system does not support SQLite WAL (got {mode}); "
+                                  "use a local disk for the run directory, not a network file system")
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            conn.execute("SELECT v FROM meta WHERE k = 'schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise LedgerError(f"{path}: the ledger is unreadable ({exc}); run `durabatch verify` "
+                              "or move the run directory aside") from None
+        return cls(conn, path)
+
+    @classmethod
+    def open_readonly(cls, run_dir: RunDir) -> Ledger:
+        if not run_dir.ledger.exists():
+            raise LedgerError(f"{run_dir.path}: no ledger here (not a durabatch run directory?)")
+        try:
+            conn = sqlite3.connect(f"file:{run_dir.ledger}?mode=ro", uri=True, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute("SELECT count(*) FROM shards").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{run_dir.ledger}: the ledger is unreadable ({exc})") from None
+        return cls(conn, run_dir.ledger)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- meta ------------------------------------------------------------------------------------------------
+    def get_meta(self, name: str) -> Any:
+        row = self.conn.execute("SELECT v FROM meta WHERE k = ?", (name,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_meta(self, **values: Any) -> None:
+        with self.transaction() as c:
+            c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                          [(k, json.dumps(v)) for k, v in values.items()])
+
+    # -- runs ------------------------------------------------------------------------------------------------
+    def start_run(self, already_done: int) -> int:
+        with self.transaction() as c:
+            cur = c.execute("INSERT INTO runs (pid, host, started_at, already_done) VALUES (?, ?, ?, ?)",
+                            (os.getpid(), os.uname().nodename, time.time(), already_done))
+            return int(cur.lastrowid)
+
+    def end_run(self, run_id: int, exit_code: int, done: int, failed: int) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE runs SET ended_at = ?, exit_code = ?, done = ?, failed = ? WHERE id = ?",
+                      (time.time(), exit_code, done, failed, run_id))
+
+    def runs(self) -> list[dict]:
+        cur = self.conn.execute("SELECT * FROM runs ORDER BY id")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+    # -- commits ---------------------------------------------------------------------------------------------
+    def commit(self, shard: ShardRecord | None, failures: list[Failure], run_id: int) -> None:
+        """ONE transaction: register the shard (already durable on disk) and record failures. Items of the
+        shard that had failed before stop being failures."""
+        now = time.time()
+        with self.transaction() as c:
+            if shard is not None:
+                c.execute(
+                    "INSERT INTO shards (name, rows, bytes, checksum, positions, first_pos, committed_at, run_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (shard.name, shard.rows, shard.bytes, shard.checksum, intervals.encode(shard.spans),
+                     shard.spans[0][0], now, run_id))
+                if self._has_failures:
+                    c.executemany("DELETE FROM failures WHERE pos >= ? AND pos < ?", shard.spans)
+            if failures:
+                c.executemany(
+                    "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(f.pos, _text(f.key), f.state.value, f.error_type, f.message, f.traceback, f.attempts,
+                      now, run_id) for f in failures])
+                c.executemany("INSERT INTO attempts (pos, key, error_type, message, at) VALUES (?, ?, ?, ?, ?)",
+                              [(f.pos, _text(f.key), f.error_type, f.message, now) for f in failures])
+                self._has_failures = True
+
+    _has_failures = True  # refined by load_state()
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def shards(self) -> list[dict]:
+        cur = self.conn.execute(
+            "SELECT id, name, rows, bytes, checksum, positions, committed_at FROM shards ORDER BY first_pos, id")
+        return [{"id": r[0], "name": r[1], "rows": r[2], "bytes": r[3], "checksum": r[4],
+                 "spans": intervals.decode(r[5]), "committed_at": r[6]} for r in cur]
+
+    def shard_names(self) -> set[str]:
+        return {row[0] for row in self.conn.execute("SELECT name FROM shards")}
+
+    def done_spans(self) -> list[tuple[int, int]]:
+        spans: list[tuple[int, int]] = []
+        for (blob,) in self.conn.execute("SELECT positions FROM shards"):
+            spans.extend(intervals.decode(blob))
+        return spans
+
+    def failures(self, states: tuple[ItemState, ...] | None = None) -> list[dict]:
+        sql = "SELECT pos, key, state, error_type, message, traceback, attempts, updated_at FROM failures"
+        args: tuple = ()
+        if states:
+            sql += f" WHERE state IN ({','.join('?' * len(states))})"
+            args = tuple(s.value for s in states)
+        cur = self.conn.execute(sql + " ORDER BY pos", args)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+    def failed_positions(self) -> set[int]:
+        """Items finished with an error: not redone until `retry-failed` puts them back."""
+        rows = self.conn.execute("SELECT pos FROM failures WHERE state != ?", (ItemState.PENDING.value,))
+        positions = {r[0] for r in rows}
+        self._has_failures = bool(positions) or self.count_failures(ItemState.PENDING) > 0
+        return positions
+
+    def count_done(self) -> int:
+        return int(self.conn.execute("SELECT coalesce(sum(rows), 0) FROM shards").fetchone()[0])
+
+    def count_failures(self, state: ItemState = ItemState.FAILED) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM failures WHERE state = ?", (state.value,)).fetchone()[0])
+
+    def recent_commits(self, seconds: float) -> list[tuple[float, int]]:
+        since = time.time() - seconds
+        return list(self.conn.execute(
+            "SELECT committed_at, rows FROM shards WHERE committed_at >= ? ORDER BY committed_at", (since,)))
+
+    def put_back(self, states: tuple[ItemState, ...], error_type: str | None = None) -> int:
+        """Mark failures as pending again so the next run does them; history stays in `attempts`."""
+        sql = f"UPDATE failures SET state = ? WHERE state IN ({','.join('?' * len(states))})"
+        args: list[Any] = [ItemState.PENDING.value, *(s.value for s in states)]
+        if error_type:
+            sql += " AND error_type = ?"
+            args.append(error_type)
+        with self.transaction() as c:
+            return c.execute(sql, args).rowcount
+
+
+def _text(key: Any) -> str | None:
+    return None if key is None else str(key)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,39 @@
+"""The run's log file (run_dir/logs/run.log): one line per start, commit batch, stop and end, with timestamps,
+so that a long job's history can be read after the fact."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import Observer, Stats
+
+
+class RunLog(Observer):
+    def __init__(self, path: Path, every: float = 60.0):
+        self.path = path
+        self.every = every
+        self._last = 0.0
+        self._file = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in on_end
+
+    def _write(self, text: str) -> None:
+        self._file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
+
+    def on_start(self, stats: Stats) -> None:
+        self._write(f"start: source={stats.source} total={stats.total} already_done={stats.already_done} "
+                    f"key={stats.key_mode}")
+
+    def on_commit(self, stats: Stats, rows: int, failures: int, shard: str | None) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            self._write(f"progress: done={stats.already_done + stats.done} failed={stats.failed} "
+                        f"committed={stats.committed} rate={stats.rate:.1f}/s")
+
+    def on_message(self, message: str) -> None:
+        self._write(message)
+
+    def on_end(self, stats: Stats, exit_code: int, reason: str | None) -> None:
+        self._write(f"end: exit={exit_code} reason={reason or 'finished'} done={stats.done} failed={stats.failed} "
+                    f"elapsed={stats.elapsed:.1f}s")
+        self._file.close()

@@ -1,0 +1,126 @@
+"""Before a run: check the job against the ledger (fingerprint, orphans), check the input's keys, and work out
+which source positions are left to do."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.compute as pc
+
+from . import job, shards
+from .errors import ChangedJobError, InputError
+from .intervals import Intervals
+from .ledger import Ledger, RunDir
+from .settings import JobSettings
+from .sources import BadRow, Source
+
+
+@dataclass
+class Plan:
+    lo: int
+    hi: int | None  # exclusive; None = to the end of the source
+    total: int | None  # items in [lo, hi)
+    done: Intervals
+    failed: set[int]
+    skip_dupes: set[int] = field(default_factory=set)
+    check_keys_in_stream: bool = False
+    already_done: int = 0
+    already_failed: int = 0
+    messages: list[str] = field(default_factory=list)
+
+    def wanted(self, pos: int) -> bool:
+        return pos >= self.lo and pos not in self.done and pos not in self.failed and pos not in self.skip_dupes
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return self.total is not None and self.already_done + self.already_failed >= self.total
+
+
+def check_fingerprint(ledger: Ledger, current: dict, allow_changed: bool) -> list[str]:
+    """Store the fingerprint on a first run; on a resume refuse a different job, with a readable diff."""
+    stored = ledger.get_meta("fingerprint")
+    if stored is None:
+        ledger.set_meta(fingerprint=current)
+        return []
+    lines = job.diff(stored, current)
+    if not lines:
+        return []
+    if not allow_changed:
+        raise ChangedJobError(
+            f"{ledger.path.parent}: this run directory holds a different job; refusing to mix results.\n  "
+            + "\n  ".join(lines)
+            + "\nUse a new --run-dir, restore the original, or pass --allow-changed to resume anyway.", lines)
+    ledger.set_meta(fingerprint=current)
+    return [f"resuming although the job changed (--allow-changed): {'; '.join(lines)}"]
+
+
+def make_plan(ledger: Ledger, run_dir: RunDir, source: Source, settings: JobSettings) -> Plan:
+    messages = []
+    removed = shards.remove_orphans(run_dir, ledger.shard_names())
+    if removed:
+        messages.append(f"removed {len(removed)} uncommitted shard file(s) left by an interrupted run")
+    source_id = hashlib.blake2b(json.dumps(source.identity(), sort_keys=True).encode(), digest_size=12).hexdigest()
+    checked = ledger.get_meta("checked") or {}
+    skip_dupes: set[int] = set()
+    in_stream = settings.key is None
+    if checked.get("source") == source_id and checked.get("key") == settings.key:
+        count = checked.get("count")
+        skip_dupes = set(checked.get("duplicates", []))
+        in_stream = checked.get("in_stream", in_stream)
+    else:
+        count, skip_dupes, in_stream = _check_keys(source, settings)
+        if count is not None:
+            ledger.set_meta(checked={"source": source_id, "key": settings.key, "count": count,
+                                     "duplicates": sorted(skip_dupes), "in_stream": in_stream})
+    if count == 0:
+        raise InputError(f"{source.describe()}: the input has no items")
+    lo = settings.start or 0
+    hi = settings.end
+    if settings.limit is not None:
+        hi = lo + settings.limit if hi is None else min(hi, lo + settings.limit)
+    if count is not None:
+        hi = count if hi is None else min(hi, count)
+    total = None if hi is None else max(0, hi - lo) - sum(lo <= p < hi for p in skip_dupes)
+    done = Intervals(ledger.done_spans())
+    failed = ledger.failed_positions()
+    in_range = (lambda p: lo <= p < hi) if hi is not None else (lambda p: lo <= p)
+    already_done = (done.count_below(hi) if hi is not None else len(done)) - done.count_below(lo)
+    already_failed = sum(1 for p in failed if in_range(p))
+    return Plan(lo, hi, total, done, failed, skip_dupes, in_stream, already_done, already_failed, messages)
+
+
+def _check_keys(source: Source, settings: JobSettings) -> tuple[int | None, set[int], bool]:
+    """Count the items and check key uniqueness in one Arrow pass where possible: (count, duplicate positions to
+    skip, whether the stream must check keys itself)."""
+    if settings.key is None:
+        return source.count(), set(), True
+    keys = source.key_column(settings.key)
+    if keys is None:
+        return source.count(), set(), True
+    if keys.null_count == 0 and pc.count_distinct(keys).as_py() == len(keys):
+        return len(keys), set(), False
+    return len(keys), find_duplicates(source, settings.key, settings.dedupe), False
+
+
+def find_duplicates(source: Source, key: str, dedupe: bool) -> set[int]:
+    """The slow, exact pass, taken only when duplicates (or missing keys) exist: name the rows, or with dedupe
+    return the positions of every later occurrence."""
+    seen: dict[Any, str] = {}
+    later: set[int] = set()
+    for pos, line, record in source.rows(lambda p: True, None):
+        if type(record) is BadRow:
+            continue  # reported, with its line, by the run itself
+        where = source.where(line)
+        if key not in record or record[key] is None:
+            raise InputError(f"{where}: no key column '{key}' in this row (columns: {', '.join(map(str, record))})")
+        value = record[key]
+        first = seen.setdefault(value, where)
+        if first is not where:
+            if not dedupe:
+                raise InputError(f"duplicate key {key}={value!r}: {first} and {where}. Keys must be unique; "
+                                 "pass --dedupe to keep the first occurrence.")
+            later.add(pos)
+    return later

@@ -1,0 +1,123 @@
+"""The job's settings: one pydantic model, loaded from a YAML job file, DURABATCH_* environment variables and
+CLI flags with precedence CLI > env > file > defaults. Only the CLI layer reads the environment."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+ENV_PREFIX = "DURABATCH_"
+
+
+class JobSettings(BaseModel):
+    """Every setting of a job. Descriptions double as CLI help."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    fn: str | None = Field(None, description="The function, as package.module:callable (a class gets setup()).")
+    input: list[str] = Field(default_factory=list, description="Input files: JSONL, CSV or Parquet; globs allowed.")
+    key: str | None = Field(None, description="Key column; without it each record's content hash is its key.")
+    run_dir: str | None = Field(None, description="Run directory: ledger, shards, logs. Re-running resumes it.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Call fn with lists of up to N records (a batch function). Unset: one record."
+    )
+    workers: int = Field(1, ge=1, description="Parallel workers.")
+    engine: Literal["inline", "threads", "processes"] | None = Field(
+        None, description="inline (one worker, for debugging), threads or processes. Default: inline for one "
+        "worker, threads otherwise."
+    )
+    commit_every: int = Field(10_000, ge=1, description="Commit a shard every N finished items (1 = ultra-safe).")
+    commit_seconds: float = Field(5.0, gt=0, description="... or every T seconds, whichever comes first.")
+    output_format: Literal["parquet", "jsonl"] = Field("parquet", description="Shard format.")
+    limit: int | None = Field(None, ge=0, description="Only the first N items (after --start): a test run.")
+    start: int | None = Field(None, ge=0, description="First source position to run (0-based).")
+    end: int | None = Field(None, ge=0, description="Source position to stop before (exclusive).")
+    dedupe: bool = Field(False, description="Keep the first of duplicate keys instead of refusing the input.")
+    skip_bad_rows: bool = Field(False, description="Record malformed rows as failures instead of stopping.")
+    allow_changed: bool = Field(False, description="Resume even though the function, settings or input changed.")
+    max_attempts: int = Field(1, ge=1, description="Attempts per item before it is recorded as failed.")
+    grace_seconds: float = Field(30.0, ge=0, description="On Ctrl-C/SIGTERM, how long in-flight work may finish.")
+    progress: Literal["auto", "bar", "plain", "off"] = Field(
+        "auto", description="auto: a live bar on a terminal, a plain line every few seconds elsewhere."
+    )
+    log_every: float = Field(10.0, gt=0, description="Seconds between plain progress lines.")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part for part in value.split(",") if part] if "," in value else [value]
+        return value
+
+    def result_affecting(self) -> dict[str, Any]:
+        """Settings that change what the output is; the rest (workers, progress...) may change on resume."""
+        return {"key": self.key, "output_format": self.output_format, "dedupe": self.dedupe}
+
+
+FIELDS = tuple(JobSettings.model_fields)
+
+
+def _check_keys(data: Mapping[str, Any], origin: str) -> None:
+    for name in data:
+        if name not in FIELDS:
+            close = difflib.get_close_matches(name, FIELDS, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{origin}: unknown setting '{name}'.{hint}")
+
+
+def read_job_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"job file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a job file is a mapping of settings, got {type(data).__name__}")
+    _check_keys(data, str(path))
+    # Relative paths in a job file are relative to the file, like a Makefile's.
+    base = path.resolve().parent
+    if "input" in data:
+        inputs = data["input"] if isinstance(data["input"], list) else [data["input"]]
+        data["input"] = [str(base / p) if not os.path.isabs(p) else p for p in inputs]
+    if isinstance(data.get("run_dir"), str) and not os.path.isabs(data["run_dir"]):
+        data["run_dir"] = str(base / data["run_dir"])
+    return data
+
+
+def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    data = {}
+    for name, value in environ.items():
+        if name.startswith(ENV_PREFIX):
+            field = name[len(ENV_PREFIX):].lower()
+            if field in FIELDS:
+                data[field] = value
+    return data
+
+
+def merge(*layers: tuple[str, Mapping[str, Any]]) -> JobSettings:
+    """Merge (origin, values) layers, later ones winning; a bad value names the layer it came from."""
+    merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for origin, values in layers:
+        for name, value in values.items():
+            if value is not None:
+                merged[name] = value
+                origins[name] = origin
+    try:
+        return JobSettings(**merged)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"{name} = {merged.get(name)!r} (from {origins.get(name, '?')}): {err['msg']}")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,158 @@
+"""Shards: immutable output files, each a committed group of results.
+
+`write_atomic` is the disk half of the commit protocol: write to a temporary name in the same directory, fsync,
+rename, fsync the directory. Only then does the ledger list the shard; a shard it does not list is a crash
+leftover (`remove_orphans`). A failed fsync is never retried on the same descriptor: the caller writes the shard
+again under a new name."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import uuid
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .ledger import Ledger, RunDir, ShardRecord
+
+TMP_PREFIX = ".tmp-"
+SUFFIX = {"parquet": ".parquet", "jsonl": ".jsonl"}
+
+
+def build_table(key_column: str, keys: list, outputs: list[Any]) -> pa.Table:
+    """Results as a table: the key column first, then the function's fields (a non-dict result is "result")."""
+    if not all(type(o) is dict for o in outputs):
+        outputs = [o if type(o) is dict else {"result": o} for o in outputs]
+    names = [n for n in dict.fromkeys(chain.from_iterable(outputs)) if n != key_column]
+    columns = {key_column: keys}
+    for name in names:
+        columns[name] = [o.get(name) for o in outputs]
+    return pa.table({n: _to_array(n, v) for n, v in columns.items()})
+
+
+def _to_array(name: str, values: list) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # Mixed types in one column: keep the data, as JSON text, rather than fail the commit.
+        return pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string())
+
+
+def serialize(table: pa.Table, fmt: str) -> bytes:
+    if fmt == "parquet":
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        return sink.getvalue().to_pybytes()
+    lines = (json.dumps(row, default=str, ensure_ascii=False) for row in table.to_pylist())
+    return ("\n".join(lines) + "\n").encode()
+
+
+def write_atomic(directory: Path, data: bytes, rows: int, spans: list[tuple[int, int]], fmt: str) -> ShardRecord:
+    """Make `data` durable under a fresh name; return what the ledger needs to list it."""
+    name = f"{spans[0][0]:012d}-{uuid.uuid4().hex[:8]}{SUFFIX[fmt]}"
+    tmp = directory / f"{TMP_PREFIX}{name}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, directory / name)
+    fsync_dir(directory)
+    checksum = hashlib.blake2b(data, digest_size=16).hexdigest()
+    return ShardRecord(name, rows, len(data), checksum, spans)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_orphans(run_dir: RunDir, listed: set[str]) -> list[str]:
+    """Delete shard files the ledger does not list (left by a crash between rename and ledger commit)."""
+    removed = []
+    for path in run_dir.shards.iterdir():
+        if path.name not in listed:
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
+def read_shard(path: Path) -> pa.Table:
+    if path.suffix == ".parquet":
+        return pq.read_table(path)
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return pa.Table.from_pylist(rows)
+
+
+def export(run_dir: str | os.PathLike, to: str | os.PathLike, failed: bool = False) -> int:
+    """Merge the committed results (or the failures) into one Parquet or JSONL file, in source order.
+    Returns the number of rows written."""
+    rd = RunDir(run_dir)
+    ledger = Ledger.open_readonly(rd)
+    try:
+        table = _failures_table(ledger) if failed else _results_table(rd, ledger)
+    finally:
+        ledger.close()
+    _write_export(table, Path(to))
+    return table.num_rows
+
+
+def _results_table(rd: RunDir, ledger: Ledger) -> pa.Table:
+    tables, positions = [], []
+    for shard in ledger.shards():
+        table = read_shard(rd.shards / shard["name"])
+        tables.append(table)
+        positions.extend(p for s, e in shard["spans"] for p in range(s, e))
+    if not tables:
+        return pa.table({})
+    merged = pa.concat_tables(tables, promote_options="permissive")
+    order = pa.array(positions, pa.int64())
+    if len(order) and not all(a < b for a, b in zip(positions, positions[1:], strict=False)):
+        merged = merged.take(pa.compute.sort_indices(order))
+    return merged
+
+
+def _failures_table(ledger: Ledger) -> pa.Table:
+    rows = ledger.failures()
+    history: dict[int, list[dict]] = {}
+    for pos, error_type, message, at in ledger.conn.execute(
+            "SELECT pos, error_type, message, at FROM attempts ORDER BY id"):
+        history.setdefault(pos, []).append({"error_type": error_type, "message": message, "at": at})
+    for row in rows:
+        row["history"] = json.dumps(history.get(row["pos"], []))
+    if not rows:
+        return pa.table({n: pa.array([], pa.string()) for n in
+                         ("key", "state", "error_type", "message", "attempts", "traceback")})
+    return pa.Table.from_pylist(rows)
+
+
+def _write_export(table: pa.Table, to: Path) -> None:
+    to.parent.mkdir(parents=True, exist_ok=True)
+    tmp = to.with_name(f".{to.name}.tmp")
+    if to.suffix == ".parquet":
+        pq.write_table(table, tmp)
+    elif to.suffix in (".jsonl", ".ndjson", ".json"):
+        with open(tmp, "w", encoding="utf-8") as f:
+            for batch in table.to_batches(65536):
+                buf = io.StringIO()
+                for row in batch.to_pylist():
+                    buf.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+                f.write(buf.getvalue())
+    else:
+        raise ValueError(f"{to}: export writes .parquet or .jsonl")
+    os.replace(tmp, to)

@@ -1,0 +1,87 @@
+"""What a run directory says about its job: read-only, safe while the job runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from .ledger import ItemState, Ledger, RunDir, lock_holder
+from .observe import format_duration
+
+
+def status(run_dir: str | os.PathLike) -> dict[str, Any]:
+    rd = RunDir(run_dir)
+    ledger = Ledger.open_readonly(rd)
+    try:
+        done = ledger.count_done()
+        failed = ledger.count_failures(ItemState.FAILED)
+        quarantined = ledger.count_failures(ItemState.QUARANTINED)
+        pending_retry = ledger.count_failures(ItemState.PENDING)
+        total = ledger.get_meta("total")
+        runs = ledger.runs()
+        recent = ledger.recent_commits(120)
+        shards = ledger.conn.execute("SELECT count(*), coalesce(sum(bytes), 0), max(committed_at) FROM shards")
+        n_shards, n_bytes, last_commit = shards.fetchone()
+        quarantined_items = ledger.failures((ItemState.QUARANTINED,)) if quarantined else []
+    finally:
+        ledger.close()
+    pid = lock_holder(rd)
+    rate = None
+    if len(recent) >= 2 and recent[-1][0] > recent[0][0]:
+        rate = sum(rows for _, rows in recent[1:]) / (recent[-1][0] - recent[0][0])
+    remaining = None if total is None else max(0, total - done - failed - quarantined)
+    last = runs[-1] if runs else {}
+    return {
+        "run_dir": str(rd.path),
+        "state": "running" if pid else "finished" if remaining == 0 else "stopped",
+        "pid": pid,
+        "total": total,
+        "done": done,
+        "failed": failed,
+        "quarantined": quarantined,
+        "pending_retry": pending_retry,
+        "remaining": remaining,
+        "rate_per_s": rate,
+        "eta_s": remaining / rate if rate and remaining is not None else None,
+        "shards": n_shards,
+        "bytes": n_bytes,
+        "last_commit_at": last_commit,
+        "runs": len(runs),
+        "last_run": {k: last.get(k) for k in ("pid", "started_at", "ended_at", "exit_code", "done", "failed")},
+        "quarantined_items": [{"key": q["key"], "reason": q["message"]} for q in quarantined_items],
+    }
+
+
+def render(info: dict[str, Any]) -> str:
+    total = info["total"]
+    finished = info["done"] + info["failed"] + info["quarantined"]
+    pct = f" ({100 * finished / total:.1f}%)" if total else ""
+    lines = [
+        f"run dir:   {info['run_dir']}",
+        f"state:     {info['state']}" + (f" (pid {info['pid']})" if info["pid"] else ""),
+        f"progress:  {finished:,}/{total:,}{pct}" if total is not None else f"progress:  {finished:,}",
+        f"done:      {info['done']:,} in {info['shards']:,} shards ({info['bytes'] / 1e6:,.1f} MB)",
+        f"failed:    {info['failed']:,}" + (f", {info['pending_retry']:,} queued for retry"
+                                            if info["pending_retry"] else ""),
+    ]
+    if info["quarantined"]:
+        lines.append(f"quarantined: {info['quarantined']:,}")
+        lines.extend(f"  {q['key']}: {q['reason']}" for q in info["quarantined_items"][:20])
+    if info["rate_per_s"]:
+        lines.append(f"rate:      {info['rate_per_s']:,.1f} items/s (last 2 min), ETA "
+                     f"{format_duration(info['eta_s'])}")
+    if info["last_commit_at"]:
+        ago = time.time() - info["last_commit_at"]
+        lines.append(f"last commit: {format_duration(ago)} ago")
+    last = info["last_run"]
+    if last.get("started_at"):
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["started_at"]))
+        ended = f", exit {last['exit_code']}" if last.get("exit_code") is not None else ""
+        lines.append(f"runs:      {info['runs']} (last started {started}{ended})")
+    return "\n".join(lines)
+
+
+def as_json(info: dict[str, Any]) -> str:
+    return json.dumps(info, indent=2, default=str)

@@ -1,0 +1,142 @@
+"""The user's function as the engines run it: resolve a reference, set it up once per worker, and call it on a
+batch of records, turning exceptions into per-item errors (a failing batch function is bisected)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class ItemError:
+    """Why one item failed: what the ledger records and `export --failed` shows."""
+
+    error_type: str
+    message: str
+    traceback: str
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ItemError:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(type(exc).__qualname__, str(exc)[:2000], tb[-8000:])
+
+
+def resolve(ref: str) -> Any:
+    """Import "package.module:name" (also "package.module.name")."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep:
+        module_name, _, attr = ref.rpartition(".")
+    if not module_name or not attr:
+        raise ConfigError(f"fn '{ref}': expected package.module:callable")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: the current directory's modules are importable
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"fn '{ref}': cannot import module '{module_name}': {exc}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"fn '{ref}': module '{module_name}' has no attribute '{attr}'") from None
+    if not callable(obj):
+        raise ConfigError(f"fn '{ref}' is not callable")
+    return obj
+
+
+def identity(target: Any) -> str:
+    """module:qualname of a function, class or callable instance."""
+    obj = target if inspect.isfunction(target) or inspect.isclass(target) else type(target)
+    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
+
+
+class Work:
+    """One worker's view of the job's function. Picklable while unprepared, so process workers can build their own."""
+
+    def __init__(self, target: Any, batched: bool):
+        self.target = target
+        self.batched = batched
+        self._fn: Any = None
+
+    def __getstate__(self) -> dict:
+        return {"target": self.target, "batched": self.batched, "_fn": None}
+
+    def prepare(self) -> None:
+        """Instantiate a class and run its setup() once (load the model here, not per item)."""
+        target = resolve(self.target) if isinstance(self.target, str) else self.target
+        if inspect.isclass(target):
+            target = target()
+        setup = getattr(target, "setup", None)
+        if callable(setup) and not inspect.isfunction(target):
+            setup()
+        self._fn = target
+        call = target if inspect.isfunction(target) or inspect.ismethod(target) else getattr(target, "__call__", None)
+        self._is_async = inspect.iscoroutinefunction(call)
+
+    def execute(self, records: list[dict]) -> tuple[list[Any], dict[int, ItemError]]:
+        """Run the function over records: outputs aligned with records (None where failed) and errors by index."""
+        if self._fn is None:
+            self.prepare()
+        outputs: list[Any] = [None] * len(records)
+        errors: dict[int, ItemError] = {}
+        if self.batched:
+            self._run_batch(records, 0, len(records), outputs, errors)
+        elif self._is_async:
+            self._run_async(records, outputs, errors)
+        else:
+            fn = self._fn
+            for i, record in enumerate(records):
+                try:
+                    outputs[i] = fn(record)
+                except Exception as exc:  # noqa: BLE001 - a user error fails its item, not the run
+                    errors[i] = ItemError.from_exception(exc)
+        return outputs, errors
+
+    def _run_batch(self, records: list, lo: int, hi: int, outputs: list, errors: dict) -> None:
+        try:
+            result = self._call(records[lo:hi])
+        except Exception as exc:  # noqa: BLE001
+            if hi - lo == 1:
+                errors[lo] = ItemError.from_exception(exc)
+                return
+            mid = (lo + hi) // 2  # bisect so that only the items that really fail are recorded as failed
+            self._run_batch(records, lo, mid, outputs, errors)
+            self._run_batch(records, mid, hi, outputs, errors)
+            return
+        if not isinstance(result, list | tuple) or len(result) != hi - lo:
+            got = f"{len(result)} results" if hasattr(result, "__len__") else type(result).__name__
+            error = ItemError("BatchLengthError", f"batch function returned {got} for {hi - lo} records", "")
+            for i in range(lo, hi):
+                errors[i] = error
+            return
+        outputs[lo:hi] = result
+
+    def _call(self, records: list) -> Any:
+        result = self._fn(records)
+        if inspect.isawaitable(result):
+            result = asyncio.run(_awaited(result))
+        return result
+
+    def _run_async(self, records: list, outputs: list, errors: dict) -> None:
+        # Until the asyncio engine exists, an async function runs its batch concurrently in a private loop.
+        async def gather() -> list:
+            return await asyncio.gather(*(self._fn(r) for r in records), return_exceptions=True)
+
+        for i, result in enumerate(asyncio.run(gather())):
+            if isinstance(result, Exception):
+                errors[i] = ItemError.from_exception(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                outputs[i] = result
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
