@@ -77,7 +77,7 @@ class Work:
         if callable(setup) and not inspect.isfunction(target):
             setup()
         self._fn = target
-        call = target if inspect.isfunction(target) or inspect.ismethod(target) else getattr(target, "__call__", None)
+        call = target if inspect.isfunction(target) or inspect.ismethod(target) else type(target).__call__
         self._is_async = inspect.iscoroutinefunction(call)
 
     def execute(self, records: list[dict]) -> tuple[list[Any], dict[int, ItemError]]:
