@@ -101,7 +101,8 @@ class _Run:
         self.observers = Observers([o for o in (progress, RunLog(rd.logs / "run.log")) if o] + observers)
         self.stop = StopFlag()
         self.pending = Pending()
-        self._retries: list[tuple[float, int, int, Any, dict]] = []  # (ready_at, attempt, pos, key, record)
+        # Items waiting to run again: (ready_at, attempt, solo, pos, key, record); solo ones run alone.
+        self._retries: list[tuple[float, int, bool, int, Any, dict]] = []
         self._next_id = 0
         self._chunk = 1 if settings.batch_size is None else settings.batch_size
         self._seen: dict[Any, str] | None = None
@@ -277,12 +278,12 @@ class _Run:
         """Retries that are due first, then the next records of the source; None when nothing is ready now."""
         size = self._chunk
         if self._retries and self._retries[0][0] <= time.monotonic():
-            attempt = self._retries[0][1]
-            picked = []
-            while self._retries and len(picked) < size and self._retries[0][0] <= time.monotonic() \
-                    and self._retries[0][1] == attempt:
+            _, attempt, solo, *_ = self._retries[0]
+            picked = [heapq.heappop(self._retries)]
+            while not solo and self._retries and len(picked) < size and self._retries[0][0] <= time.monotonic() \
+                    and self._retries[0][1] == attempt and not self._retries[0][2]:
                 picked.append(heapq.heappop(self._retries))
-            return self._batch([p[2] for p in picked], [p[3] for p in picked], [p[4] for p in picked], attempt)
+            return self._batch([p[3] for p in picked], [p[4] for p in picked], [p[5] for p in picked], attempt)
         if self._source_done:
             return None
         positions, keys, records = [], [], []
@@ -307,6 +308,11 @@ class _Run:
             pending.keys.extend(batch.keys)
             pending.outputs.extend(result.outputs)
             self.stats.done += len(batch.positions)
+        elif len(batch.positions) > 1 and all(e.error_type == "WorkerDied" for e in result.errors.values()):
+            # The worker died under the whole batch: run its items alone to find the one that kills it.
+            now = time.monotonic()
+            for pos, key, record in zip(batch.positions, batch.keys, batch.records, strict=True):
+                heapq.heappush(self._retries, (now, batch.attempt, True, pos, key, record))
         else:
             for i, (pos, key) in enumerate(zip(batch.positions, batch.keys, strict=True)):
                 error = result.errors.get(i)
@@ -323,7 +329,7 @@ class _Run:
     def _failed(self, pos: int, key: Any, record: dict, error: ItemError, attempt: int) -> None:
         if self.retry.should_retry(error, attempt) and not self.stop.requested:
             ready = time.monotonic() + self.retry.delay(attempt)
-            heapq.heappush(self._retries, (ready, attempt + 1, pos, key, record))
+            heapq.heappush(self._retries, (ready, attempt + 1, False, pos, key, record))
             return
         self.pending.failures.append(Failure(pos, key, error.error_type, error.message, error.traceback, attempt))
         self.stats.failed += 1

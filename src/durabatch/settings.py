@@ -53,9 +53,16 @@ class JobSettings(BaseModel):
     @field_validator("input", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
         if isinstance(value, str):
             return [part for part in value.split(",") if part] if "," in value else [value]
-        return value
+        return [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
+
+    @field_validator("run_dir", mode="before")
+    @classmethod
+    def _path(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     def result_affecting(self) -> dict[str, Any]:
         """Settings that change what the output is; the rest (workers, progress...) may change on resume."""

@@ -1,0 +1,57 @@
+"""User functions for the engine and source tests (importable by spawned worker processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+
+def digest(record: dict) -> dict:
+    return {"digest": hashlib.blake2b(str(record["id"]).encode(), digest_size=8).hexdigest()}
+
+
+def digest_batch(records: list[dict]) -> list[dict]:
+    return [digest(r) for r in records]
+
+
+def fails_on_sevens(record: dict) -> dict:
+    if record["id"] % 7 == 0:
+        raise RuntimeError(f"seven {record['id']}")
+    return digest(record)
+
+
+def batch_fails_on_sevens(records: list[dict]) -> list[dict]:
+    if any(r["id"] % 7 == 0 for r in records):
+        raise RuntimeError("a seven in this batch")
+    return digest_batch(records)
+
+
+def wrong_length(records: list[dict]) -> list[dict]:
+    return digest_batch(records)[:-1]
+
+
+def scalar(record: dict) -> int:
+    return record["id"] * 3
+
+
+async def async_digest(record: dict) -> dict:
+    await asyncio.sleep(0)
+    return digest(record)
+
+
+class Model:
+    """A class with setup(): loaded once per worker; records which process/object served each item."""
+
+    def setup(self) -> None:
+        self.loaded = f"{os.getpid()}-{id(self)}"
+        self.setups = getattr(self, "setups", 0) + 1
+
+    def __call__(self, records: list[dict]) -> list[dict]:
+        return [{**digest(r), "worker": self.loaded, "setups": self.setups} for r in records]
+
+
+def dies_on_13(record: dict) -> dict:
+    if record["id"] == 13:
+        os._exit(3)
+    return digest(record)
