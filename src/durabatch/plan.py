@@ -27,6 +27,7 @@ class Plan:
     failed: set[int]
     skip_dupes: set[int] = field(default_factory=set)
     check_keys_in_stream: bool = False
+    skip_keys: set | None = None  # after an allowed input change: done items are known by key, not position
     already_done: int = 0
     already_failed: int = 0
     messages: list[str] = field(default_factory=list)
@@ -53,6 +54,9 @@ def check_fingerprint(ledger: Ledger, current: dict, allow_changed: bool) -> lis
             f"{ledger.path.parent}: this run directory holds a different job; refusing to mix results.\n  "
             + "\n  ".join(lines)
             + "\nUse a new --run-dir, restore the original, or pass --allow-changed to resume anyway.", lines)
+    if stored.get("source") != current.get("source"):
+        # Positions no longer mean the same items: from now on, done items are recognised by key.
+        ledger.set_meta(match_by_key=True)
     ledger.set_meta(fingerprint=current)
     return [f"resuming although the job changed (--allow-changed): {'; '.join(lines)}"]
 
@@ -86,10 +90,22 @@ def make_plan(ledger: Ledger, run_dir: RunDir, source: Source, settings: JobSett
     total = None if hi is None else max(0, hi - lo) - sum(lo <= p < hi for p in skip_dupes)
     done = Intervals(ledger.done_spans())
     failed = ledger.failed_positions()
+    skip_keys = None
+    if ledger.get_meta("match_by_key"):
+        skip_keys = shards.done_keys(run_dir, ledger, settings.key or "_key")
+        skip_keys.update(f["key"] for f in ledger.failures() if f["state"] != "pending")
+        done, failed = Intervals(), set()
     in_range = (lambda p: lo <= p < hi) if hi is not None else (lambda p: lo <= p)
     already_done = (done.count_below(hi) if hi is not None else len(done)) - done.count_below(lo)
     already_failed = sum(1 for p in failed if in_range(p))
-    return Plan(lo, hi, total, done, failed, skip_dupes, in_stream, already_done, already_failed, messages)
+    plan = Plan(lo=lo, hi=hi, total=total, done=done, failed=failed, skip_dupes=skip_dupes,
+                check_keys_in_stream=in_stream, already_done=already_done, already_failed=already_failed,
+                messages=messages)
+    if skip_keys is not None:
+        plan.skip_keys = skip_keys
+        plan.already_done, plan.already_failed = ledger.count_done(), 0
+        plan.total = None  # unknown until the changed input has been read through
+    return plan
 
 
 def _check_keys(source: Source, settings: JobSettings) -> tuple[int | None, set[int], bool]:

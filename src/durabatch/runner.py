@@ -244,7 +244,7 @@ class _Run:
     def _items(self) -> Iterator[tuple[int, Any, dict]]:
         """Keyed records to do, in source order. Bad rows become failures or stop the run, naming the row."""
         plan, key, src = self.plan, self.settings.key, self.source
-        seen = self._seen
+        seen, skip_keys = self._seen, plan.skip_keys
         for pos, line, record in src.rows(plan.wanted, plan.hi):
             if type(record) is BadRow:
                 self._bad_row(pos, record.where, record.message)
@@ -259,6 +259,8 @@ class _Run:
                                   f"{', '.join(map(str, record)) or 'none'})" if key not in record
                                   else f"key column '{key}' is null")
                     continue
+            if skip_keys is not None and str(value) in skip_keys:
+                continue
             if seen is not None:
                 if value in seen:
                     if self.settings.dedupe:

@@ -112,6 +112,17 @@ def export(run_dir: str | os.PathLike, to: str | os.PathLike, failed: bool = Fal
     return table.num_rows
 
 
+def done_keys(rd: RunDir, ledger: Ledger, key_column: str) -> set:
+    """Keys of every committed result, as text (the ledger keeps failure keys as text too)."""
+    keys: set = set()
+    for shard in ledger.shards():
+        path = rd.shards / shard["name"]
+        column = pq.read_table(path, columns=[key_column]).column(0) if path.suffix == ".parquet" \
+            else read_shard(path).column(key_column)
+        keys.update(str(k) for k in column.to_pylist())
+    return keys
+
+
 def _results_table(rd: RunDir, ledger: Ledger) -> pa.Table:
     tables, positions = [], []
     for shard in ledger.shards():
