@@ -55,3 +55,37 @@ def dies_on_13(record: dict) -> dict:
     if record["id"] == 13:
         os._exit(3)
     return digest(record)
+
+
+class FlakyError(ConnectionError):
+    pass
+
+
+_calls: dict[int, int] = {}
+
+
+def flaky_twice(record: dict) -> dict:
+    """Fails with a connection error on the first two calls for each id (in this process)."""
+    n = _calls[record["id"]] = _calls.get(record["id"], 0) + 1
+    if n <= 2:
+        raise FlakyError(f"dropped connection for {record['id']} (call {n})")
+    return {"calls": n}
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, retry_after: float | None = None):
+        super().__init__(f"HTTP {status}")
+        self.status_code = status
+        self.headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
+
+
+def http_429_once(record: dict) -> dict:
+    n = _calls[record["id"]] = _calls.get(record["id"], 0) + 1
+    if n == 1:
+        raise HTTPError(429, retry_after=0.01)
+    return {"calls": n}
+
+
+def value_error(record: dict) -> dict:
+    _calls[record["id"]] = _calls.get(record["id"], 0) + 1
+    raise ValueError("bad input")

@@ -41,9 +41,9 @@ def _settings_params() -> list[inspect.Parameter]:
         annotation: Any = field.annotation
         choices = getattr(annotation, "__args__", ())
         help_text = field.description or ""
-        if name == "input":
+        if annotation == list[str]:
             kind: Any = Optional[list[str]]  # noqa: UP045 - typer reads the annotation at run time
-            decls = [flag, SHORT["input"]]
+            decls = [flag, *([SHORT[name]] if name in SHORT else [])]
             help_text += " Repeat for several."
         elif annotation is bool:
             kind, decls = Optional[bool], [f"{flag}/--no-{flag[2:]}"]  # noqa: UP045

@@ -23,7 +23,7 @@ from .observe import Observer, Observers, Stats
 from .observe.logs import RunLog
 from .observe.progress import make_progress
 from .plan import Plan, check_fingerprint, make_plan
-from .retry import RetryPolicy
+from .retry import RetryPolicy, full_jitter, make_retryable
 from .settings import JobSettings
 from .sources import BadRow, Source, open_source
 from .stopping import StopFlag
@@ -96,7 +96,9 @@ class _Run:
                  observers: list[Observer]):
         self.target, self.source, self.settings, self.rd, self.ledger = target, source, settings, rd, ledger
         self.key_column = settings.key or "_key"
-        self.retry = RetryPolicy(max_attempts=settings.max_attempts)
+        self.retry = RetryPolicy(max_attempts=settings.max_attempts,
+                                 backoff=full_jitter(settings.backoff_base, settings.backoff_max),
+                                 retryable=make_retryable(settings.retry_on, settings.fatal_on))
         progress = make_progress(settings.progress, settings.log_every)
         self.observers = Observers([o for o in (progress, RunLog(rd.logs / "run.log")) if o] + observers)
         self.stop = StopFlag()
@@ -330,7 +332,7 @@ class _Run:
 
     def _failed(self, pos: int, key: Any, record: dict, error: ItemError, attempt: int) -> None:
         if self.retry.should_retry(error, attempt) and not self.stop.requested:
-            ready = time.monotonic() + self.retry.delay(attempt)
+            ready = time.monotonic() + self.retry.delay(error, attempt)
             heapq.heappush(self._retries, (ready, attempt + 1, False, pos, key, record))
             return
         self.pending.failures.append(Failure(pos, key, error.error_type, error.message, error.traceback, attempt))

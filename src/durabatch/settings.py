@@ -43,7 +43,12 @@ class JobSettings(BaseModel):
     dedupe: bool = Field(False, description="Keep the first of duplicate keys instead of refusing the input.")
     skip_bad_rows: bool = Field(False, description="Record malformed rows as failures instead of stopping.")
     allow_changed: bool = Field(False, description="Resume even though the function, settings or input changed.")
-    max_attempts: int = Field(1, ge=1, description="Attempts per item before it is recorded as failed.")
+    max_attempts: int = Field(3, ge=1, description="Attempts per item for transient errors (timeouts, "
+                              "connection and rate-limit errors, 5xx), before it is recorded as failed.")
+    backoff_base: float = Field(1.0, ge=0, description="Retry backoff: attempt n waits U(0, base * 2**(n-1)) s...")
+    backoff_max: float = Field(60.0, ge=0, description="... capped at this many seconds.")
+    retry_on: list[str] = Field(default_factory=list, description="Also retry these exception type names.")
+    fatal_on: list[str] = Field(default_factory=list, description="Never retry these exception type names.")
     grace_seconds: float = Field(30.0, ge=0, description="On Ctrl-C/SIGTERM, how long in-flight work may finish.")
     progress: Literal["auto", "bar", "plain", "off"] = Field(
         "auto", description="auto: a live bar on a terminal, a plain line every few seconds elsewhere."
@@ -58,6 +63,13 @@ class JobSettings(BaseModel):
         if isinstance(value, str):
             return [part for part in value.split(",") if part] if "," in value else [value]
         return [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
+
+    @field_validator("retry_on", "fatal_on", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        return [v.__name__ if isinstance(v, type) else v for v in value]
 
     @field_validator("run_dir", mode="before")
     @classmethod

@@ -21,11 +21,40 @@ class ItemError:
     error_type: str
     message: str
     traceback: str
+    kinds: tuple[str, ...] = ()  # names of the exception's classes (MRO), for retry rules
+    status: int | None = None  # an HTTP status the exception carries, if any
+    retry_after: float | None = None  # seconds the server asked us to wait, if it said
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ItemError:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return cls(type(exc).__qualname__, str(exc)[:2000], tb[-8000:])
+        kinds = tuple(k.__name__ for k in type(exc).__mro__ if k not in (object, BaseException))
+        return cls(type(exc).__qualname__, str(exc)[:2000], tb[-8000:], kinds, _status(exc), _retry_after(exc))
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status of openai / httpx / requests / aiohttp errors, found by attribute, without importing them."""
+    for holder in (exc, getattr(exc, "response", None)):
+        for name in ("status_code", "status"):
+            value = getattr(holder, name, None)
+            if isinstance(value, int):
+                return value
+    return None
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    for holder in (exc, getattr(exc, "response", None)):
+        value = getattr(holder, "retry_after", None)
+        if isinstance(value, int | float):
+            return float(value)
+        headers = getattr(holder, "headers", None)
+        if headers is not None:
+            try:
+                raw = headers.get("retry-after") or headers.get("Retry-After")
+                return float(raw) if raw is not None else None
+            except (TypeError, ValueError, AttributeError):
+                return None
+    return None
 
 
 def resolve(ref: str) -> Any:

@@ -1,0 +1,81 @@
+"""Retries: transient errors get more attempts with backoff, programming errors fail at once."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import userfns
+
+import durabatch
+from durabatch.retry import RetryPolicy, full_jitter, make_retryable
+from durabatch.work import ItemError
+
+
+def err(exc: BaseException) -> ItemError:
+    return ItemError.from_exception(exc)
+
+
+def test_default_rules():
+    rule = make_retryable()
+    assert rule(err(TimeoutError()))
+    assert rule(err(ConnectionResetError()))  # a ConnectionError subclass
+    assert rule(err(userfns.HTTPError(429)))
+    assert rule(err(userfns.HTTPError(503)))
+    assert not rule(err(userfns.HTTPError(400)))
+    assert not rule(err(ValueError()))
+    assert not rule(err(KeyError("x")))
+    assert not rule(err(RuntimeError()))
+
+
+def test_names_from_other_libraries_without_importing_them():
+    RateLimitError = type("RateLimitError", (Exception,), {})  # the shape of openai.RateLimitError
+    ReadTimeout = type("ReadTimeout", (Exception,), {})  # httpx / requests
+    assert make_retryable()(err(RateLimitError()))
+    assert make_retryable()(err(ReadTimeout()))
+
+
+def test_user_rules_win():
+    assert make_retryable(retry_on=["RuntimeError"])(err(RuntimeError()))
+    assert not make_retryable(fatal_on=["ConnectionError"])(err(ConnectionResetError()))
+
+
+def test_full_jitter_is_bounded_and_grows():
+    backoff = full_jitter(base=1.0, cap=10.0)
+    assert all(0 <= backoff(1) <= 1 for _ in range(100))
+    assert all(0 <= backoff(10) <= 10 for _ in range(100))
+    assert max(backoff(4) for _ in range(200)) > 1.0
+
+
+def test_retry_after_wins_over_backoff():
+    policy = RetryPolicy(backoff=lambda n: 99.0)
+    assert policy.delay(err(userfns.HTTPError(429, retry_after=2.5)), 1) == 2.5
+    assert policy.delay(err(TimeoutError()), 1) == 99.0
+
+
+def _run(tmp_path, fn, **kw):
+    userfns._calls.clear()
+    return durabatch.run(fn, [{"id": i} for i in range(20)], key="id", run_dir=tmp_path / "run", progress="off",
+                         backoff_base=0.001, **kw)
+
+
+def test_transient_errors_are_retried_until_success(tmp_path):
+    summary = _run(tmp_path, userfns.flaky_twice, max_attempts=3)
+    assert summary.exit_code == 0 and summary.done == 20
+    durabatch.export(tmp_path / "run", to=tmp_path / "o.parquet")
+    assert set(pq.read_table(tmp_path / "o.parquet").column("calls").to_pylist()) == {3}
+
+
+def test_attempts_run_out(tmp_path):
+    summary = _run(tmp_path, userfns.flaky_twice, max_attempts=2)
+    assert summary.exit_code == 1 and summary.failed == 20
+    durabatch.export(tmp_path / "run", to=tmp_path / "f.parquet", failed=True)
+    table = pq.read_table(tmp_path / "f.parquet")
+    assert set(table.column("attempts").to_pylist()) == {2}
+
+
+def test_a_429_with_retry_after_is_retried(tmp_path):
+    assert _run(tmp_path, userfns.http_429_once, max_attempts=2).exit_code == 0
+
+
+def test_value_error_is_not_retried(tmp_path):
+    summary = _run(tmp_path, userfns.value_error, max_attempts=5)
+    assert summary.failed == 20 and set(userfns._calls.values()) == {1}
