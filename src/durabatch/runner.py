@@ -26,7 +26,7 @@ from .plan import Plan, check_fingerprint, make_plan
 from .retry import RetryPolicy, full_jitter, make_retryable
 from .settings import JobSettings
 from .sources import BadRow, Source, open_source
-from .stopping import StopFlag
+from .stopping import StopFlag, wall_deadline
 from .work import ItemError, Work, resolve
 
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 75
@@ -109,11 +109,15 @@ class _Run:
         self._chunk = 1 if settings.batch_size is None else settings.batch_size
         self._seen: dict[Any, str] | None = None
         self._source_done = False
+        self.started = time.time()
+        self.deadline: tuple[float, str] | None = None
+        self._slowest = 0.0  # the longest batch lately: how early to stop before a deadline
         self._last_commit = time.monotonic()
 
     # -- the whole run -----------------------------------------------------------------------------------------
     def execute(self) -> RunSummary:
         t0 = time.monotonic()
+        wall_deadline(self.settings.deadline, self.settings.deadline_at, time.time())  # bad values fail early
         current = job.fingerprint(self.target, self.settings, self.source.identity())
         messages = check_fingerprint(self.ledger, current, self.settings.allow_changed)
         self._write_job_json(current)
@@ -163,6 +167,10 @@ class _Run:
         engine.start(Work(self.target, batched=self.settings.batch_size is not None))
         self.committer = Committer(self.ledger, self.rd, self.settings.output_format, self.key_column, run_id)
         self.stop.install()
+        self.deadline = wall_deadline(self.settings.deadline, self.settings.deadline_at, self.started)
+        if self.deadline:
+            left = self.deadline[0] - time.time()
+            self.observers.on_message(f"deadline: {self.deadline[1]}, in {left / 60:.1f} min")
         error: BaseException | None = None
         cancel = False
         try:
@@ -215,6 +223,12 @@ class _Run:
                 self._notify(engine, t0)
             if self.committer.error is not None:
                 raise self.committer.error
+            if self.deadline and time.time() + self._deadline_margin() >= self.deadline[0]:
+                self.stop.request("deadline")
+
+    def _deadline_margin(self) -> float:
+        """Time to finish what is in flight and commit: twice the slowest recent batch, at least a second."""
+        return max(1.0, 2 * self._slowest) + 0.5
 
     def _interruptible(self) -> Any:
         flag = self.stop
@@ -236,7 +250,10 @@ class _Run:
             self.observers.on_message(f"{self.stop.reason}: finishing {engine.in_flight()} batch(es) in flight "
                                       f"(up to {self.settings.grace_seconds:.0f}s), then committing; "
                                       "press Ctrl-C again to stop at once")
-        limit = time.monotonic() + (self.settings.grace_seconds if self.stop.reason != "error" else 1e9)
+        grace = self.settings.grace_seconds if self.stop.reason != "error" else 1e9
+        if self.deadline:
+            grace = min(grace, max(0.0, self.deadline[0] - time.time() - 0.5))
+        limit = time.monotonic() + grace
         while engine.in_flight() and not self.stop.urgent and time.monotonic() < limit:
             for result in engine.poll(0.05):
                 self._collect(result)
@@ -327,6 +344,7 @@ class _Run:
                     self.stats.done += 1
                 else:
                     self._failed(pos, key, batch.records[i], error, batch.attempt)
+        self._slowest = max(result.seconds, self._slowest * 0.99)
         if self.settings.batch_size is None and batch.positions:
             self._adapt_chunk(result.seconds / len(batch.positions))
 

@@ -50,6 +50,10 @@ class JobSettings(BaseModel):
     retry_on: list[str] = Field(default_factory=list, description="Also retry these exception type names.")
     fatal_on: list[str] = Field(default_factory=list, description="Never retry these exception type names.")
     grace_seconds: float = Field(30.0, ge=0, description="On Ctrl-C/SIGTERM, how long in-flight work may finish.")
+    deadline: str | None = Field(None, description="Stop in time before this long after the start (11h30m, 90m): "
+                                 "finish in-flight work, commit, exit 75.")
+    deadline_at: str | None = Field(None, description="The same at a wall-clock time (ISO 8601). Under Slurm the "
+                                    "job's end time is a deadline too.")
     progress: Literal["auto", "bar", "plain", "off"] = Field(
         "auto", description="auto: a live bar on a terminal, a plain line every few seconds elsewhere."
     )

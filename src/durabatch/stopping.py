@@ -4,13 +4,19 @@ what is finished and exit at once)."""
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from types import FrameType
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from .errors import ConfigError
+
+# SIGUSR1 is Slurm's warning signal (--signal=USR1@120): the same graceful path as SIGTERM.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 class StopFlag:
@@ -49,3 +55,41 @@ class StopFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous.clear()
+
+
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str) -> float:
+    """'11h30m', '90m', '45s', '1d2h' or plain seconds."""
+    text = text.strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([dhms])", text)
+    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([dhms])", "", text).strip():
+        raise ConfigError(f"deadline '{text}': expected a duration like 11h30m, 90m or 45s")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def parse_time(text: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"deadline_at '{text}': expected an ISO time like 2026-11-24T18:00:00") from None
+    return moment.timestamp()  # a naive time is local time
+
+
+def wall_deadline(deadline: str | None, deadline_at: str | None, started: float,
+                  environ: Mapping[str, str] = os.environ) -> tuple[float, str] | None:
+    """The earliest of --deadline (from start), --deadline-at and Slurm's job end time, as (epoch, origin)."""
+    candidates = []
+    if deadline:
+        candidates.append((started + parse_duration(deadline), f"--deadline {deadline}"))
+    if deadline_at:
+        candidates.append((parse_time(deadline_at), f"--deadline-at {deadline_at}"))
+    slurm_end = environ.get("SLURM_JOB_END_TIME")
+    if slurm_end and slurm_end.isdigit():
+        candidates.append((float(slurm_end), "the Slurm job's end time"))
+    return min(candidates) if candidates else None
