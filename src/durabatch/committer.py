@@ -87,8 +87,9 @@ def commit(ledger: Ledger, run_dir: RunDir, pending: Pending, fmt: str, key_colu
             keys = [keys[i] for i in order]
             outputs = [outputs[i] for i in order]
         table = shards.build_table(key_column, keys, outputs)
-        data = shards.serialize(table, fmt)
-        record = shards.write_atomic(run_dir.shards, data, table.num_rows, intervals.from_sorted(positions), fmt)
+        spans = intervals.from_sorted(positions)
+        data = shards.serialize(table, fmt, spans)
+        record = shards.write_atomic(run_dir.shards, data, table.num_rows, spans, fmt)
     ledger.commit(record, pending.failures, run_id)
     return Committed(len(pending.positions), len(pending.failures), record.name if record else None)
 

@@ -44,8 +44,16 @@ def _to_array(name: str, values: list) -> pa.Array:
         return pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string())
 
 
-def serialize(table: pa.Table, fmt: str) -> bytes:
+SPANS_META = b"durabatch.spans"
+
+
+def serialize(table: pa.Table, fmt: str, spans: list[tuple[int, int]] | None = None) -> bytes:
+    """Shard bytes. A Parquet shard also carries the source positions of its rows in its footer, so that a lost
+    ledger can be rebuilt from the shards (`verify --repair`)."""
     if fmt == "parquet":
+        if spans is not None:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                   SPANS_META: json.dumps(spans).encode()})
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         return sink.getvalue().to_pybytes()
@@ -90,6 +98,13 @@ def remove_orphans(run_dir: RunDir, listed: set[str]) -> list[str]:
             path.unlink()
             removed.append(path.name)
     return removed
+
+
+def shard_spans(path: Path) -> list[tuple[int, int]] | None:
+    """The positions a Parquet shard says it covers (from its footer), or None."""
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(SPANS_META)
+    return [tuple(s) for s in json.loads(raw)] if raw else None
 
 
 def read_shard(path: Path) -> pa.Table:
