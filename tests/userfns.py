@@ -89,3 +89,37 @@ def http_429_once(record: dict) -> dict:
 def value_error(record: dict) -> dict:
     _calls[record["id"]] = _calls.get(record["id"], 0) + 1
     raise ValueError("bad input")
+
+
+def aborts_on_13(record: dict) -> dict:
+    """Kills the whole process (inline engine: the runner itself) on id 13."""
+    if record["id"] == 13:
+        os.abort()
+    return digest(record)
+
+
+def eats_memory_on_7(record: dict) -> dict:
+    if record["id"] == 7:
+        hog = []
+        while True:
+            hog.append(b"x" * (16 << 20))  # touched pages: resident memory really grows
+    return digest(record)
+
+
+def sleeps_on_5(record: dict) -> dict:
+    if record["id"] == 5:
+        import time
+
+        time.sleep(60)
+    return digest(record)
+
+
+def stuck_on_3(records: list[dict]) -> list[dict]:
+    """A batch function stuck where a signal cannot interrupt it (SIGALRM ignored)."""
+    import signal
+    import time
+
+    if any(r["id"] == 3 for r in records):
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        time.sleep(120)
+    return digest_batch(records)

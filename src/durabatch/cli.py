@@ -78,6 +78,12 @@ def run_command(job_file: Optional[Path] = None, **flags: Any) -> None:  # noqa:
         config = settings_mod.merge(*layers)
         if not config.fn:
             _fail("no function: pass --fn package.module:callable (or fn: in the job file)")
+        if (config.supervise or config.restarts is not None) and not os.environ.get("DURABATCH_SUPERVISED"):
+            from .supervise import supervise
+
+            if config.run_dir is None:
+                _fail("run_dir is required")
+            raise typer.Exit(supervise(_ARGV[1:], config.run_dir, config.restarts, config.restart_delay))
         summary = run_job(config.fn, None, config, [])
     except DurabatchError as exc:
         _fail(str(exc))
@@ -152,7 +158,11 @@ def retry_failed_command(
     typer.echo(f"{count:,} item(s) put back; run the job again to retry them", err=True)
 
 
+_ARGV: list[str] = []
+
+
 def main(argv: list[str] | None = None) -> None:
+    _ARGV[:] = sys.argv[1:] if argv is None else argv
     try:
         app(args=argv, prog_name="durabatch", standalone_mode=True)
     except SystemExit as exc:

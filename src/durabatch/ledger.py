@@ -33,6 +33,8 @@ CREATE TABLE failures (
     attempts INTEGER NOT NULL, updated_at REAL NOT NULL, run_id INTEGER);
 CREATE TABLE attempts (
     id INTEGER PRIMARY KEY, pos INTEGER NOT NULL, key TEXT, error_type TEXT, message TEXT, at REAL NOT NULL);
+CREATE TABLE suspects (
+    pos INTEGER PRIMARY KEY, key TEXT, guilt INTEGER NOT NULL, reason TEXT, updated_at REAL NOT NULL);
 CREATE TABLE runs (
     id INTEGER PRIMARY KEY, pid INTEGER, host TEXT, started_at REAL NOT NULL, ended_at REAL,
     exit_code INTEGER, already_done INTEGER, done INTEGER, failed INTEGER);
@@ -76,6 +78,8 @@ class RunDir:
         self.logs = self.path / "logs"
         self.job = self.path / "job.json"
         self.lock = self.path / "lock"
+        self.inflight = self.path / "inflight.journal"  # batches dispatched and not finished: poison suspects
+        self.last_death = self.logs / "last_death.json"  # written by the supervisor: how the last runner died
 
     def create(self) -> None:
         for d in (self.path, self.shards, self.logs):
@@ -231,6 +235,19 @@ class Ledger:
                 self._has_failures = True
 
     _has_failures = True  # refined by load_state()
+
+    # -- poison suspects ---------------------------------------------------------------------------------------
+    def suspects(self) -> dict[int, tuple[str | None, int, str | None]]:
+        """pos -> (key, guilt, reason) for items that were in flight when a runner died."""
+        rows = self.conn.execute("SELECT pos, key, guilt, reason FROM suspects")
+        return {pos: (key, guilt, reason) for pos, key, guilt, reason in rows}
+
+    def save_suspects(self, rows: dict[int, tuple[str | None, int, str | None]], cleared: set[int]) -> None:
+        now = time.time()
+        with self.transaction() as c:
+            c.executemany("DELETE FROM suspects WHERE pos = ?", [(p,) for p in cleared])
+            c.executemany("INSERT OR REPLACE INTO suspects VALUES (?, ?, ?, ?, ?)",
+                          [(p, _text(k), g, r, now) for p, (k, g, r) in rows.items()])
 
     # -- reading ---------------------------------------------------------------------------------------------
     def shards(self) -> list[dict]:

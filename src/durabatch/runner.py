@@ -6,17 +6,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import heapq
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import job
+from . import job, poison
 from .committer import Committer, Pending
-from .engines import Batch, BatchResult, Engine, make_engine
+from .dispatch import Dispatch
+from .engines import BatchResult, Engine, make_engine
 from .errors import ConfigError, DurabatchError, InputError
 from .ledger import Failure, ItemState, Ledger, RunDir, run_lock
 from .observe import Observer, Observers, Stats
@@ -24,8 +22,8 @@ from .observe.logs import RunLog
 from .observe.progress import make_progress
 from .plan import Plan, check_fingerprint, make_plan
 from .retry import RetryPolicy, full_jitter, make_retryable
-from .settings import JobSettings
-from .sources import BadRow, Source, open_source
+from .settings import JobSettings, parse_size
+from .sources import Source, open_source
 from .stopping import StopFlag, wall_deadline
 from .work import ItemError, Work, resolve
 
@@ -103,16 +101,12 @@ class _Run:
         self.observers = Observers([o for o in (progress, RunLog(rd.logs / "run.log")) if o] + observers)
         self.stop = StopFlag()
         self.pending = Pending()
-        # Items waiting to run again: (ready_at, attempt, solo, pos, key, record); solo ones run alone.
-        self._retries: list[tuple[float, int, bool, int, Any, dict]] = []
-        self._next_id = 0
-        self._chunk = 1 if settings.batch_size is None else settings.batch_size
-        self._seen: dict[Any, str] | None = None
-        self._source_done = False
         self.started = time.time()
         self.deadline: tuple[float, str] | None = None
         self._slowest = 0.0  # the longest batch lately: how early to stop before a deadline
         self._last_commit = time.monotonic()
+        self._guilt: dict[int, int] = {}  # deaths of worker processes pinned on items in this run
+        self._solo_in_flight = False
 
     # -- the whole run -----------------------------------------------------------------------------------------
     def execute(self) -> RunSummary:
@@ -121,21 +115,24 @@ class _Run:
         current = job.fingerprint(self.target, self.settings, self.source.identity())
         messages = check_fingerprint(self.ledger, current, self.settings.allow_changed)
         self._write_job_json(current)
+        run_id = self.ledger.start_run(0)
+        review = poison.review(self.ledger, self.rd, self.settings.quarantine_after, run_id)
+        messages += [f"quarantined {f.key!r} (position {f.pos}): {f.message}" for f in review.quarantined]
+        if review.suspects:
+            messages.append(f"{len(review.suspects)} item(s) were in flight when the last run died: "
+                            "running them one at a time")
         plan = make_plan(self.ledger, self.rd, self.source, self.settings)
         self.plan = plan
         self.stats = Stats(total=plan.total, already_done=plan.already_done + plan.already_failed,
                            source=self.source.describe(), run_dir=str(self.rd.path),
                            key_mode=f"column '{self.settings.key}'" if self.settings.key else "content hash")
-        if plan.check_keys_in_stream:
-            self._seen = {}
         self.ledger.set_meta(total=plan.total, range=[plan.lo, plan.hi])
-        run_id = self.ledger.start_run(self.stats.already_done)
         self.observers.on_start(self.stats)
         for message in messages + plan.messages + self._resume_message(plan):
             self.observers.on_message(message)
         stopped, error = None, None
         if not plan.nothing_to_do:
-            stopped, error = self._work(run_id, t0)
+            stopped, error = self._work(run_id, t0, review.suspects)
         self.stats.elapsed = time.monotonic() - t0
         failed_total = self.ledger.count_failures(ItemState.FAILED) + self.ledger.count_failures(ItemState.QUARANTINED)
         code = EXIT_USAGE if error else EXIT_STOPPED if stopped else EXIT_FAILED if failed_total else EXIT_DONE
@@ -162,9 +159,16 @@ class _Run:
         tmp.write_text(json.dumps(data, indent=2, default=str))
         tmp.replace(self.rd.job)
 
-    def _work(self, run_id: int, t0: float) -> tuple[str | None, BaseException | None]:
-        engine = make_engine(self._engine_name(), self.settings.workers)
+    def _work(self, run_id: int, t0: float, suspects: set[int]) -> tuple[str | None, BaseException | None]:
+        self.engine_name = self.settings.engine or ("inline" if self.settings.workers == 1 else "threads")
+        if self.settings.item_timeout and self.engine_name == "threads":
+            self.observers.on_message("--item-timeout is not enforced on the threads engine (a thread cannot be "
+                                      "stopped); use --engine processes")
+        engine = make_engine(self.engine_name, self.settings.workers, self.settings.item_timeout,
+                             parse_size(self.settings.max_worker_memory))
         engine.start(Work(self.target, batched=self.settings.batch_size is not None))
+        self.dispatch = Dispatch(self.source, self.plan, self.settings, suspects, self._bad_row)
+        self.journal = poison.Journal(self.rd.inflight)
         self.committer = Committer(self.ledger, self.rd, self.settings.output_format, self.key_column, run_id)
         self.stop.install()
         self.deadline = wall_deadline(self.settings.deadline, self.settings.deadline_at, self.started)
@@ -176,7 +180,7 @@ class _Run:
         try:
             try:
                 self._loop(engine, t0)
-            except (InputError, DurabatchError) as exc:
+            except DurabatchError as exc:
                 error = exc  # finish what is in flight and commit it before reporting
                 self.stop.request("error")
             except KeyboardInterrupt:
@@ -191,31 +195,31 @@ class _Run:
                 self.committer.close()
             except BaseException as exc:  # noqa: BLE001
                 error = error or exc
+            self.journal.close(clean=error is None or isinstance(error, InputError))
             self._drain_commits()
         stopped = self.stop.reason if self.stop.requested and error is None else None
         return stopped, error
 
-    def _engine_name(self) -> str:
-        return self.settings.engine or ("inline" if self.settings.workers == 1 else "threads")
-
     # -- the loop ----------------------------------------------------------------------------------------------
     def _loop(self, engine: Engine, t0: float) -> None:
-        items = self._items()
+        dispatch = self.dispatch
         last_notice = 0.0
         while not self.stop.requested:
-            while engine.in_flight() < engine.slots:
-                batch = self._next_batch(items)
+            while engine.in_flight() < engine.slots and not self._solo_in_flight:
+                batch = dispatch.next_batch(idle=engine.in_flight() == 0)
                 if batch is None:
                     break
+                self.journal.dispatched(batch, batch.solo)
+                self._solo_in_flight = batch.solo and self.engine_name != "processes"
                 with self._interruptible():
                     engine.submit(batch)
-            if self._source_done and not engine.in_flight() and not self._retries:
+            if dispatch.finished and not engine.in_flight():
                 break
-            wait = 0.05 if engine.in_flight() else (0.05 if self._retries else 0.0)
+            wait = 0.05 if engine.in_flight() or not dispatch.source_done else 0.0
             for result in engine.poll(wait):
                 self._collect(result)
-            if self._retries and not engine.in_flight():
-                time.sleep(min(0.05, max(0.0, self._retries[0][0] - time.monotonic())))
+            if not engine.in_flight() and dispatch.source_done:
+                time.sleep(min(0.05, dispatch.next_retry_in() or 0.0))
             self._maybe_commit()
             now = time.monotonic()
             if now - last_notice >= 0.2:
@@ -246,7 +250,7 @@ class _Run:
         """After a stop request: let in-flight batches finish within the grace period. True if some did not."""
         if not self.stop.requested:
             return False
-        if self.stop.reason not in ("error",) and engine.in_flight():
+        if self.stop.reason != "error" and engine.in_flight():
             self.observers.on_message(f"{self.stop.reason}: finishing {engine.in_flight()} batch(es) in flight "
                                       f"(up to {self.settings.grace_seconds:.0f}s), then committing; "
                                       "press Ctrl-C again to stop at once")
@@ -260,80 +264,28 @@ class _Run:
             self._notify(engine, t0)
         return engine.in_flight() > 0
 
-    def _items(self) -> Iterator[tuple[int, Any, dict]]:
-        """Keyed records to do, in source order. Bad rows become failures or stop the run, naming the row."""
-        plan, key, src = self.plan, self.settings.key, self.source
-        seen, skip_keys = self._seen, plan.skip_keys
-        for pos, line, record in src.rows(plan.wanted, plan.hi):
-            if type(record) is BadRow:
-                self._bad_row(pos, record.where, record.message)
-                continue
-            if key is None:
-                value = hashlib.blake2b(json.dumps(record, sort_keys=True, default=str).encode(),
-                                        digest_size=8).hexdigest()
-            else:
-                value = record.get(key)
-                if value is None:
-                    self._bad_row(pos, src.where(line), f"no key column '{key}' in this row (columns: "
-                                  f"{', '.join(map(str, record)) or 'none'})" if key not in record
-                                  else f"key column '{key}' is null")
-                    continue
-            if skip_keys is not None and str(value) in skip_keys:
-                continue
-            if seen is not None:
-                if value in seen:
-                    if self.settings.dedupe:
-                        continue
-                    raise InputError(f"duplicate key {self.key_column}={value!r}: {seen[value]} and "
-                                     f"{src.where(line)}. Pass --dedupe to keep the first occurrence.")
-                seen[value] = src.where(line)
-            yield pos, value, record
-
     def _bad_row(self, pos: int, where: str, message: str) -> None:
         if not self.settings.skip_bad_rows:
             raise InputError(f"{where}: {message}. Fix the row, or pass --skip-bad-rows to record it as a failure.")
         self.pending.failures.append(Failure(pos, None, "BadRow", f"{where}: {message}", "", 1))
         self.stats.failed += 1
 
-    def _next_batch(self, items: Iterator) -> Batch | None:
-        """Retries that are due first, then the next records of the source; None when nothing is ready now."""
-        size = self._chunk
-        if self._retries and self._retries[0][0] <= time.monotonic():
-            _, attempt, solo, *_ = self._retries[0]
-            picked = [heapq.heappop(self._retries)]
-            while not solo and self._retries and len(picked) < size and self._retries[0][0] <= time.monotonic() \
-                    and self._retries[0][1] == attempt and not self._retries[0][2]:
-                picked.append(heapq.heappop(self._retries))
-            return self._batch([p[3] for p in picked], [p[4] for p in picked], [p[5] for p in picked], attempt)
-        if self._source_done:
-            return None
-        positions, keys, records = [], [], []
-        for pos, key, record in items:
-            positions.append(pos)
-            keys.append(key)
-            records.append(record)
-            if len(positions) >= size:
-                break
-        else:
-            self._source_done = True
-        return self._batch(positions, keys, records, 1) if positions else None
-
-    def _batch(self, positions: list, keys: list, records: list, attempt: int) -> Batch:
-        self._next_id += 1
-        return Batch(self._next_id, positions, keys, records, attempt)
-
+    # -- outcomes ----------------------------------------------------------------------------------------------
     def _collect(self, result: BatchResult) -> None:
         batch, pending = result.batch, self.pending
+        self.journal.finished(batch)
+        if batch.solo:
+            self._solo_in_flight = False
         if not result.errors:
             pending.positions.extend(batch.positions)
             pending.keys.extend(batch.keys)
             pending.outputs.extend(result.outputs)
             self.stats.done += len(batch.positions)
-        elif len(batch.positions) > 1 and all(e.error_type == "WorkerDied" for e in result.errors.values()):
-            # The worker died under the whole batch: run its items alone to find the one that kills it.
-            now = time.monotonic()
+        elif len(batch.positions) > 1 and all(e.error_type in ("WorkerDied", "ItemTimeout")
+                                              for e in result.errors.values()):
+            # The worker died or stalled under the whole batch: run its items alone to find the culprit.
             for pos, key, record in zip(batch.positions, batch.keys, batch.records, strict=True):
-                heapq.heappush(self._retries, (now, batch.attempt, True, pos, key, record))
+                self.dispatch.run_alone(pos, key, record, batch.attempt)
         else:
             for i, (pos, key) in enumerate(zip(batch.positions, batch.keys, strict=True)):
                 error = result.errors.get(i)
@@ -342,26 +294,31 @@ class _Run:
                     pending.keys.append(key)
                     pending.outputs.append(result.outputs[i])
                     self.stats.done += 1
+                elif error.error_type == "WorkerDied":
+                    self._worker_died(pos, key, batch.records[i], error, batch.attempt)
                 else:
                     self._failed(pos, key, batch.records[i], error, batch.attempt)
         self._slowest = max(result.seconds, self._slowest * 0.99)
-        if self.settings.batch_size is None and batch.positions:
-            self._adapt_chunk(result.seconds / len(batch.positions))
+        self.dispatch.observe(result.seconds, len(batch.positions))
 
     def _failed(self, pos: int, key: Any, record: dict, error: ItemError, attempt: int) -> None:
         if self.retry.should_retry(error, attempt) and not self.stop.requested:
-            ready = time.monotonic() + self.retry.delay(error, attempt)
-            heapq.heappush(self._retries, (ready, attempt + 1, False, pos, key, record))
+            self.dispatch.retry_later(pos, key, record, attempt + 1, self.retry.delay(error, attempt))
             return
         self.pending.failures.append(Failure(pos, key, error.error_type, error.message, error.traceback, attempt))
         self.stats.failed += 1
 
-    def _adapt_chunk(self, per_item: float) -> None:
-        # Per-record functions are sent in chunks of about 20 ms of work: cheap functions amortise dispatch,
-        # slow ones keep every worker busy to the end. Never more than one commit's worth.
-        target = int(0.02 / per_item) if per_item > 0 else 1000
-        self._chunk = max(1, min(1000, self.settings.commit_every, target))
+    def _worker_died(self, pos: int, key: Any, record: dict, error: ItemError, attempt: int) -> None:
+        """A worker process died running this item alone: guilty once more; quarantined after K times."""
+        guilt = self._guilt[pos] = self._guilt.get(pos, 0) + 1
+        if guilt >= self.settings.quarantine_after:
+            self.pending.failures.append(poison.worker_death_failure(pos, key, guilt, error.message))
+            self.stats.failed += 1
+            self.observers.on_message(f"quarantined {key!r}: {error.message} ({guilt} times)")
+        elif not self.stop.requested:
+            self.dispatch.run_alone(pos, key, record, attempt)
 
+    # -- commits and events ------------------------------------------------------------------------------------
     def _maybe_commit(self) -> None:
         pending = self.pending
         if not len(pending):

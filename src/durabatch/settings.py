@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +51,17 @@ class JobSettings(BaseModel):
     retry_on: list[str] = Field(default_factory=list, description="Also retry these exception type names.")
     fatal_on: list[str] = Field(default_factory=list, description="Never retry these exception type names.")
     grace_seconds: float = Field(30.0, ge=0, description="On Ctrl-C/SIGTERM, how long in-flight work may finish.")
+    item_timeout: float | None = Field(None, gt=0, description="Seconds an item may take: the processes engine "
+                                       "kills and replaces the stuck worker; inline interrupts the call; threads "
+                                       "cannot be stopped (use processes).")
+    max_worker_memory: str | None = Field(None, description="Kill a worker process above this resident memory "
+                                          "(e.g. 4GB) and pin it on its item (processes engine).")
+    quarantine_after: int = Field(3, ge=1, description="Quarantine an item after it killed its worker or the "
+                                  "runner this many times, running alone.")
+    supervise: bool = Field(False, description="Run the job in a child process and restart it after an abnormal "
+                            "death (signal, OOM kill), until done or a crash loop (CLI only).")
+    restarts: int | None = Field(None, ge=0, description="Supervise, restarting at most N times.")
+    restart_delay: float = Field(1.0, ge=0, description="Seconds before a restart (doubling while no progress).")
     deadline: str | None = Field(None, description="Stop in time before this long after the start (11h30m, 90m): "
                                  "finish in-flight work, commit, exit 75.")
     deadline_at: str | None = Field(None, description="The same at a wall-clock time (ISO 8601). Under Slurm the "
@@ -86,6 +98,20 @@ class JobSettings(BaseModel):
 
 
 FIELDS = tuple(JobSettings.model_fields)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30,
+               "t": 2**40, "tb": 2**40, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_size(text: str | None) -> int | None:
+    """'400MB', '4GB', '1.5g' or bytes."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ConfigError(f"size '{text}': expected a number with a unit, like 400MB or 4GB")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
 
 
 def _check_keys(data: Mapping[str, Any], origin: str) -> None:

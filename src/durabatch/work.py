@@ -4,10 +4,14 @@ batch of records, turning exceptions into per-item errors (a failing batch funct
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +59,29 @@ def _retry_after(exc: BaseException) -> float | None:
             except (TypeError, ValueError, AttributeError):
                 return None
     return None
+
+
+class ItemTimeout(TimeoutError):
+    """An item took longer than --item-timeout."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Interrupt the code inside after `seconds` with ItemTimeout (SIGALRM: main thread only, else no limit)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise ItemTimeout(f"no result after {seconds:g}s (--item-timeout)")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def resolve(ref: str) -> Any:
@@ -109,16 +136,26 @@ class Work:
         call = target if inspect.isfunction(target) or inspect.ismethod(target) else type(target).__call__
         self._is_async = inspect.iscoroutinefunction(call)
 
-    def execute(self, records: list[dict]) -> tuple[list[Any], dict[int, ItemError]]:
-        """Run the function over records: outputs aligned with records (None where failed) and errors by index."""
+    def execute(self, records: list[dict], timeout: float | None = None) -> tuple[list[Any], dict[int, ItemError]]:
+        """Run the function over records: outputs aligned with records (None where failed) and errors by index.
+        `timeout` (seconds per record) is enforced in the main thread only: engines elsewhere enforce their own."""
         if self._fn is None:
             self.prepare()
         outputs: list[Any] = [None] * len(records)
         errors: dict[int, ItemError] = {}
         if self.batched:
-            self._run_batch(records, 0, len(records), outputs, errors)
+            with time_limit(timeout * len(records) if timeout else None):
+                self._run_batch(records, 0, len(records), outputs, errors)
         elif self._is_async:
-            self._run_async(records, outputs, errors)
+            with time_limit(timeout * len(records) if timeout else None):
+                self._run_async(records, outputs, errors)
+        elif timeout:
+            for i, record in enumerate(records):
+                try:
+                    with time_limit(timeout):
+                        outputs[i] = self._fn(record)
+                except Exception as exc:  # noqa: BLE001 - a user error fails its item, not the run
+                    errors[i] = ItemError.from_exception(exc)
         else:
             fn = self._fn
             for i, record in enumerate(records):

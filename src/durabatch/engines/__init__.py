@@ -6,11 +6,13 @@ from ..errors import ConfigError
 from .base import Batch, BatchResult, Engine
 
 
-def make_engine(name: str, workers: int) -> Engine:
+def make_engine(name: str, workers: int, item_timeout: float | None = None, memory_limit: int | None = None) -> Engine:
+    """item_timeout and memory_limit are enforced where the engine can: processes (kill and replace the worker),
+    inline (timeout by SIGALRM in the main thread). Threads cannot be killed: use processes for them."""
     if name == "inline":
         from .inline import InlineEngine
 
-        return InlineEngine()
+        return InlineEngine(item_timeout)
     if name == "threads":
         from .threads import ThreadEngine
 
@@ -18,7 +20,7 @@ def make_engine(name: str, workers: int) -> Engine:
     if name == "processes":
         from .processes import ProcessEngine
 
-        return ProcessEngine(workers)
+        return ProcessEngine(workers, item_timeout, memory_limit)
     raise ConfigError(f"unknown engine '{name}' (expected inline, threads or processes)")
 
 

@@ -17,6 +17,7 @@ class Batch:
     keys: list[Any]
     records: list[dict]
     attempt: int = 1
+    solo: bool = False  # one suspect item, run alone to find out whether it kills its worker
 
 
 @dataclass(slots=True)

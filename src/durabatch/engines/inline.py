@@ -11,7 +11,8 @@ from .base import Batch, BatchResult
 class InlineEngine:
     slots = 1
 
-    def __init__(self) -> None:
+    def __init__(self, item_timeout: float | None = None) -> None:
+        self.item_timeout = item_timeout
         self._done: list[BatchResult] = []
 
     def start(self, work: Work) -> None:
@@ -20,7 +21,7 @@ class InlineEngine:
 
     def submit(self, batch: Batch) -> None:
         t0 = time.perf_counter()
-        outputs, errors = self.work.execute(batch.records)
+        outputs, errors = self.work.execute(batch.records, self.item_timeout)
         self._done.append(BatchResult(batch, outputs, errors, time.perf_counter() - t0))
 
     def poll(self, timeout: float) -> list[BatchResult]:

@@ -7,6 +7,7 @@ stopping is the runner's decision, so a Ctrl-C in the terminal does not kill wor
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
 import signal
 import time
@@ -17,7 +18,7 @@ from ..work import ItemError, Work
 from .base import Batch, BatchResult
 
 
-def _worker_main(conn: Connection, work_bytes: bytes) -> None:
+def _worker_main(conn: Connection, work_bytes: bytes, item_timeout: float | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
@@ -37,7 +38,7 @@ def _worker_main(conn: Connection, work_bytes: bytes) -> None:
         records = message
         t0 = time.perf_counter()
         try:
-            outputs, errors = work.execute(records)
+            outputs, errors = work.execute(records, item_timeout)  # interrupts Python code per item
         except BaseException as exc:  # noqa: BLE001
             error = ItemError.from_exception(exc)
             outputs, errors = [None] * len(records), dict.fromkeys(range(len(records)), error)
@@ -49,19 +50,31 @@ def _worker_main(conn: Connection, work_bytes: bytes) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx: mp.context.BaseContext, work_bytes: bytes):
+    def __init__(self, ctx: mp.context.BaseContext, work_bytes: bytes, item_timeout: float | None):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, work_bytes), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, work_bytes, item_timeout), daemon=True)
         self.process.start()
         child.close()
         self.batch: Batch | None = None
+        self.started = 0.0
+        self.killed_for: ItemError | None = None  # why the engine itself killed this worker
+
+    def kill(self, reason: ItemError) -> None:
+        self.killed_for = reason
+        self.process.kill()
 
 
 class ProcessEngine:
-    def __init__(self, workers: int):
+    """item_timeout: seconds per record of a batch before its worker is killed (ItemTimeout).
+    memory_limit: bytes of resident memory a worker may use before it is killed (WorkerDied, reason memory)."""
+
+    def __init__(self, workers: int, item_timeout: float | None = None, memory_limit: int | None = None):
         self.slots = workers
         self.workers = workers
+        self.item_timeout = item_timeout
+        self.memory_limit = memory_limit
         self._pool: list[_Worker] = []
+        self._checked = 0.0
 
     def start(self, work: Work) -> None:
         try:
@@ -70,7 +83,7 @@ class ProcessEngine:
             raise ConfigError(f"the processes engine needs an importable function (module-level def or class, "
                               f"or 'package.module:name'); this one cannot be pickled: {exc}") from None
         self._ctx = mp.get_context("spawn")
-        self._pool = [_Worker(self._ctx, self._work_bytes) for _ in range(self.workers)]
+        self._pool = [_Worker(self._ctx, self._work_bytes, self.item_timeout) for _ in range(self.workers)]
         for worker in self._pool:
             self._await_ready(worker)
 
@@ -86,6 +99,7 @@ class ProcessEngine:
     def submit(self, batch: Batch) -> None:
         worker = next(w for w in self._pool if w.batch is None)
         worker.batch = batch
+        worker.started = time.monotonic()
         worker.conn.send(batch.records)
 
     def poll(self, timeout: float) -> list[BatchResult]:
@@ -93,7 +107,10 @@ class ProcessEngine:
         if not busy:
             return []
         handles = [w.conn for w in busy] + [w.process.sentinel for w in busy]
+        if self.item_timeout or self.memory_limit:
+            timeout = min(timeout, 0.05)
         ready = set(wait(handles, timeout))
+        self._watch(busy)
         results = []
         for worker in busy:
             batch = worker.batch
@@ -111,14 +128,37 @@ class ProcessEngine:
                 results.append(self._replace_dead(worker, batch))
         return results
 
+    def _watch(self, busy: list[_Worker]) -> None:
+        """Kill workers past their batch's time or over the memory limit; poll() then reports them as dead."""
+        now = time.monotonic()
+        for worker in busy:
+            batch = worker.batch
+            if batch is None or worker.killed_for is not None:
+                continue
+            # The worker interrupts slow Python code itself; killing it is for code stuck where signals can't reach.
+            limit = self.item_timeout * len(batch.records) + 5.0 if self.item_timeout else None
+            if limit is not None and now - worker.started > limit:
+                worker.kill(ItemError("ItemTimeout", f"no result after {now - worker.started:.1f}s "
+                                      f"(--item-timeout {self.item_timeout:g}s per item); the worker was killed",
+                                      "", ("ItemTimeout", "TimeoutError")))
+        if self.memory_limit and now - self._checked >= 0.05:
+            self._checked = now
+            for worker in busy:
+                rss = _rss(worker.process.pid)
+                if worker.killed_for is None and rss is not None and rss > self.memory_limit:
+                    worker.kill(ItemError("WorkerDied", f"out of memory: the worker used {rss / 2**20:,.0f} MB, "
+                                          f"above the {self.memory_limit / 2**20:,.0f} MB limit "
+                                          "(--max-worker-memory); killed", ""))
+
     def _replace_dead(self, worker: _Worker, batch: Batch) -> BatchResult:
         worker.process.join(timeout=1)
         code = worker.process.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-        error = ItemError("WorkerDied", f"the worker process {how} while running this item's batch", "")
+        error = worker.killed_for or ItemError(
+            "WorkerDied", f"the worker process {how} while running this item's batch", "")
         index = self._pool.index(worker)
         worker.conn.close()
-        self._pool[index] = fresh = _Worker(self._ctx, self._work_bytes)
+        self._pool[index] = fresh = _Worker(self._ctx, self._work_bytes, self.item_timeout)
         self._await_ready(fresh)
         return BatchResult(batch, [None] * len(batch.records), dict.fromkeys(range(len(batch.records)), error), 0.0)
 
@@ -140,3 +180,12 @@ class ProcessEngine:
                 worker.process.kill()
             worker.conn.close()
         self._pool = []
+
+
+def _rss(pid: int) -> int | None:
+    """Resident memory of a process, from /proc (cheap enough to sample every 50 ms)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return None

@@ -1,0 +1,103 @@
+"""Supervised restart: run the job in a child process and restart it after an abnormal death (a signal, the OOM
+killer, an unexpected exit code), resuming each time. It stops with a report when restarts stop making progress
+(a crash loop), not after a fixed count. This replaces the bash restart loop of seed 000.
+
+Exit codes pass through (0, 1, 2, 75); giving up on a crash loop or after --restarts exits 70 (EX_SOFTWARE)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import poison
+from .ledger import Ledger, RunDir
+from .stopping import STOP_SIGNALS
+
+EXIT_GAVE_UP = 70
+NORMAL_EXITS = (0, 1, 2, 75)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        hint = " (also what the OOM killer sends)" if -code == signal.SIGKILL else ""
+        return f"killed by signal {-code} ({name}){hint}"
+    return f"exited with code {code}"
+
+
+def progress_mark(rd: RunDir) -> tuple | None:
+    """What changes when a run gets anywhere: items done or failed, suspects found, guilt pinned."""
+    if not rd.ledger.exists():
+        return None
+    try:
+        ledger = Ledger.open_readonly(rd)
+    except Exception:  # noqa: BLE001 - a ledger killed while being created: no progress yet
+        return None
+    try:
+        c = ledger.conn
+        return (ledger.count_done(), c.execute("SELECT count(*), group_concat(state) FROM failures").fetchone(),
+                c.execute("SELECT count(*), coalesce(sum(guilt), 0) FROM suspects").fetchone())
+    finally:
+        ledger.close()
+
+
+class _Log:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+
+    def __call__(self, text: str) -> None:
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        print(f"[durabatch supervise] {text}", file=sys.stderr, flush=True)
+
+
+def supervise(run_args: Sequence[str], run_dir: str, max_restarts: int | None = None, delay: float = 1.0,
+              stall_limit: int = 3) -> int:
+    """Run `durabatch run *run_args` until it ends normally; restart it after abnormal deaths."""
+    rd = RunDir(run_dir)
+    log = _Log(rd.logs / "supervise.log")
+    env = {**os.environ, "DURABATCH_SUPERVISED": "1"}
+    command = [sys.executable, "-m", "durabatch", "run", *run_args]
+    forwarded: list[int] = []
+    child: subprocess.Popen | None = None
+
+    def forward(signum: int, frame: object) -> None:
+        forwarded.append(signum)
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    restarts, stalls, wait = 0, 0, delay
+    try:
+        while True:
+            before = progress_mark(rd)
+            child = subprocess.Popen(command, env=env, start_new_session=True)  # our signals reach it once
+            log(f"attempt {restarts + 1}: started pid {child.pid}")
+            code = child.wait()
+            log(f"attempt {restarts + 1}: pid {child.pid} {describe_exit(code)}")
+            if code in NORMAL_EXITS or forwarded:
+                return code if code in NORMAL_EXITS else 75
+            poison.record_death(rd, describe_exit(code))
+            progressed = progress_mark(rd) != before
+            stalls = 0 if progressed else stalls + 1
+            if stalls >= stall_limit:
+                log(f"giving up: {stalls} restarts in a row made no progress (a crash loop); last: "
+                    f"{describe_exit(code)}. See {rd.logs / 'run.log'} and `durabatch status {run_dir}`.")
+                return EXIT_GAVE_UP
+            if max_restarts is not None and restarts >= max_restarts:
+                log(f"giving up after {restarts} restart(s) (--restarts {max_restarts})")
+                return EXIT_GAVE_UP
+            wait = delay if progressed else min(wait * 2, 60.0)
+            log(f"restarting in {wait:.1f}s ({'progress made' if progressed else f'no progress x{stalls}'})")
+            time.sleep(wait)
+            restarts += 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
