@@ -94,14 +94,18 @@ def test_async_function_runs(tmp_path, engine):
     assert exported(tmp_path / "run", tmp_path).num_rows == N
 
 
-def test_a_dead_worker_process_fails_only_the_item_that_killed_it(tmp_path):
+def test_an_item_that_kills_its_worker_is_quarantined_and_only_it(tmp_path):
     summary = durabatch.run(userfns.dies_on_13, records(60), key="id", run_dir=tmp_path / "run",
                             engine="processes", workers=2, progress="off")
     assert summary.exit_code == 1 and summary.failed == 1
+    assert exported(tmp_path / "run", tmp_path).column("id").to_pylist() == [i for i in range(60) if i != 13]
     failed = exported(tmp_path / "run", tmp_path, failed=True)
     assert failed.column("key").to_pylist() == ["13"]
-    assert failed.column("error_type").to_pylist() == ["WorkerDied"]
+    assert failed.column("state").to_pylist() == ["quarantined"]
     assert "exited with code 3" in failed.column("message")[0].as_py()
+    assert "3 times" in failed.column("message")[0].as_py()
+    info = durabatch.status(tmp_path / "run")
+    assert info["quarantined"] == 1 and info["quarantined_items"][0]["key"] == "13"
 
 
 def test_lambda_on_processes_is_a_clear_config_error(tmp_path):
