@@ -123,3 +123,8 @@ def stuck_on_3(records: list[dict]) -> list[dict]:
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
         time.sleep(120)
     return digest_batch(records)
+
+
+def bulky(record: dict) -> dict:
+    """About 4 KB of incompressible text per item: fills a small disk fast."""
+    return {"blob": hashlib.blake2b(str(record["id"]).encode(), digest_size=64).hexdigest() * 32}

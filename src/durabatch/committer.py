@@ -8,13 +8,14 @@ import errno
 import os
 import queue
 import shutil
+import sqlite3
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import intervals, shards
-from .errors import DurabatchError
+from .errors import DiskFullError, DurabatchError
 from .ledger import Failure, Ledger, RunDir
 
 
@@ -36,6 +37,11 @@ class Committed:
     rows: int
     failures: int
     shard: str | None
+    bytes: int = 0
+    warning: str | None = None
+
+
+LOW_SPACE = 50 * 2**20  # warn below this much free space, or below 20 shards' worth, whichever is more
 
 
 class Committer:
@@ -46,6 +52,7 @@ class Committer:
         self.key_column = key_column
         self.run_id = run_id
         self.error: BaseException | None = None
+        self._warned = False
         self.committed: deque[Committed] = deque()  # drained by the run loop for its observers
         self._queue: queue.Queue[Pending | None] = queue.Queue(maxsize=2)  # backpressure on a slow disk
         self._thread = threading.Thread(target=self._loop, name="durabatch-committer", daemon=True)
@@ -70,10 +77,19 @@ class Committer:
             if self.error is not None:
                 continue  # after a failed commit nothing more is committed; the run stops
             try:
-                self.committed.append(commit(self.ledger, self.run_dir, pending, self.fmt, self.key_column,
-                                             self.run_id))
+                done = commit(self.ledger, self.run_dir, pending, self.fmt, self.key_column, self.run_id)
+                self.committed.append(self._check_space(done))
             except BaseException as exc:  # noqa: BLE001 - handed to the run loop
                 self.error = _explain(exc, self.run_dir)
+
+    def _check_space(self, done: Committed) -> Committed:
+        free = shutil.disk_usage(self.run_dir.shards).free
+        if free < max(LOW_SPACE, 20 * done.bytes) and not self._warned:
+            self._warned = True
+            return Committed(done.rows, done.failures, done.shard, done.bytes,
+                             f"low disk space: {free / 2**20:,.1f} MB free on {self.run_dir.shards}; "
+                             "the run will stop cleanly if it runs out (nothing committed is lost)")
+        return done
 
 
 def commit(ledger: Ledger, run_dir: RunDir, pending: Pending, fmt: str, key_column: str, run_id: int) -> Committed:
@@ -91,14 +107,18 @@ def commit(ledger: Ledger, run_dir: RunDir, pending: Pending, fmt: str, key_colu
         data = shards.serialize(table, fmt, spans)
         record = shards.write_atomic(run_dir.shards, data, table.num_rows, spans, fmt)
     ledger.commit(record, pending.failures, run_id)
-    return Committed(len(pending.positions), len(pending.failures), record.name if record else None)
+    return Committed(len(pending.positions), len(pending.failures), record.name if record else None,
+                     record.bytes if record else 0)
 
 
 def _explain(exc: BaseException, run_dir: RunDir) -> BaseException:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    disk_full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    ledger_full = isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+    if disk_full or ledger_full:
+        where = run_dir.ledger if ledger_full else getattr(exc, "filename", None) or run_dir.shards
         free = shutil.disk_usage(run_dir.path).free
-        return DurabatchError(f"disk full while committing to {run_dir.path} ({free:,} bytes free): {exc}. "
-                              "Nothing committed was lost; free some space and run the same command again.")
+        return DiskFullError(f"disk full while committing to {where} ({free:,} bytes free): {exc}. Nothing "
+                             "committed was lost; free some space and run the same command again.")
     if isinstance(exc, OSError):
         return DurabatchError(f"could not commit to {run_dir.path}: {exc} ({os.strerror(exc.errno or 0)})")
     return exc

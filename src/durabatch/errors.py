@@ -5,7 +5,8 @@
     ├── InputError                 a bad source: malformed row, missing key column, duplicate keys
     ├── ChangedJobError            resume refused: the job's fingerprint differs (carries the diff)
     ├── RunLockedError             another process holds the run directory (carries its pid)
-    └── LedgerError                the ledger or a shard is unreadable or inconsistent
+    ├── LedgerError                the ledger or a shard is unreadable or inconsistent
+    └── DiskFullError              no space left for a shard or the ledger; resumable once space is freed
 """
 
 from __future__ import annotations
@@ -36,4 +37,8 @@ class RunLockedError(DurabatchError):
 
 
 class LedgerError(DurabatchError):
+    pass
+
+
+class DiskFullError(DurabatchError):
     pass

@@ -195,7 +195,7 @@ class _Run:
                 self.committer.close()
             except BaseException as exc:  # noqa: BLE001
                 error = error or exc
-            self.journal.close(clean=error is None or isinstance(error, InputError))
+            self.journal.close(clean=True)  # this process is alive: nothing in flight is a suspect
             self._drain_commits()
         stopped = self.stop.reason if self.stop.requested and error is None else None
         return stopped, error
@@ -338,6 +338,8 @@ class _Run:
         while self.committer.committed:
             c = self.committer.committed.popleft()
             self.stats.committed += c.rows + c.failures
+            if c.warning:
+                self.observers.on_message(c.warning)
             self.observers.on_commit(self.stats, c.rows, c.failures, c.shard)
 
     def _notify(self, engine: Engine, t0: float) -> None:
