@@ -128,3 +128,15 @@ def stuck_on_3(records: list[dict]) -> list[dict]:
 def bulky(record: dict) -> dict:
     """About 4 KB of incompressible text per item: fills a small disk fast."""
     return {"blob": hashlib.blake2b(str(record["id"]).encode(), digest_size=64).hexdigest() * 32}
+
+
+def side_effect(record: dict) -> dict:
+    """Bumps an external counter (one appended line per call) in the middle of a slow call."""
+    import time
+
+    time.sleep(0.005)
+    fd = os.open(os.environ["COUNTER_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, f"{record['id']}\n".encode())
+    os.close(fd)
+    time.sleep(0.005)
+    return {"ok": True}

@@ -138,6 +138,8 @@ def retry_failed_command(
     run_dir: Path = typer.Argument(..., help="The job's run directory."),
     error_type: Optional[str] = typer.Option(None, "--error-type", help="Only failures of this type."),  # noqa: UP045
     quarantined: bool = typer.Option(False, "--quarantined", help="Also put quarantined items back."),
+    interrupted: bool = typer.Option(False, "--interrupted", help="Also put back items interrupted mid-call in "
+                                     "at-most-once mode (they will be called again)."),
 ) -> None:
     """Put failed items back so that the next `run` does them again. Earlier attempts stay in the history."""
     from .ledger import ItemState, Ledger, RunDir, run_lock
@@ -145,7 +147,8 @@ def retry_failed_command(
     rd = RunDir(run_dir)
     if not rd.ledger.exists():
         _fail(f"{run_dir}: no ledger here (not a durabatch run directory?)")
-    states = (ItemState.FAILED, ItemState.QUARANTINED) if quarantined else (ItemState.FAILED,)
+    states = (ItemState.FAILED,) + ((ItemState.QUARANTINED,) if quarantined else ()) + (
+        (ItemState.INTERRUPTED,) if interrupted else ())
     try:
         with run_lock(rd):
             ledger = Ledger.open(rd)

@@ -89,7 +89,7 @@ class Dispatch:
     def observe(self, seconds: float, items: int) -> None:
         """Per-record functions go out in chunks of about 20 ms of work: cheap functions amortise dispatch, slow
         ones keep every worker busy to the end. Never more than one commit's worth."""
-        if self.settings.batch_size is None and items:
+        if self.settings.batch_size is None and items and not self.settings.at_most_once:  # there: one call each
             per_item = seconds / items
             target = int(0.02 / per_item) if per_item > 0 else 1000
             self.chunk = max(1, min(1000, self.settings.commit_every, target))

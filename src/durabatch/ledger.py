@@ -45,7 +45,8 @@ INSERT INTO meta VALUES ('schema_version', '1');
 class ItemState(StrEnum):
     FAILED = "failed"  # finished with an error; `retry-failed` puts it back
     PENDING = "pending"  # put back by retry-failed: the next run does it
-    QUARANTINED = "quarantined"
+    QUARANTINED = "quarantined"  # killed its worker or the runner K times
+    INTERRUPTED = "interrupted"  # at-most-once: the call may have happened; never re-called automatically
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,15 +24,20 @@ NO_CAUSE = "the runner process died while running this item alone (cause not rec
 
 
 class Journal:
-    def __init__(self, path: os.PathLike):
+    """durable=True (at-most-once mode) fsyncs each dispatch line: a "started" mark that survives power loss."""
+
+    def __init__(self, path: os.PathLike, durable: bool = False):
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.durable = durable
 
     def dispatched(self, batch: Batch, solo: bool) -> None:
         entry = {"b": batch.id, "spans": intervals.from_sorted(sorted(batch.positions))}
-        if solo:
-            entry["solo"] = True
+        if solo or len(batch.keys) == 1:
+            entry["solo"] = solo
             entry["key"] = None if batch.keys[0] is None else str(batch.keys[0])
         os.write(self._fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
+        if self.durable:
+            os.fsync(self._fd)
 
     def finished(self, batch: Batch) -> None:
         os.write(self._fd, f'{{"e":{batch.id}}}\n'.encode())
@@ -50,8 +55,9 @@ class Review:
     quarantined: list[Failure]
 
 
-def unfinished(path: os.PathLike) -> list[dict]:
-    """Journal entries dispatched and never finished; a torn last line (death mid-write) is ignored."""
+def unfinished(path: os.PathLike, started: bool = False) -> list[dict]:
+    """Journal entries dispatched and never finished (or, with started=True, every dispatch); a torn last line
+    (death mid-write) is ignored."""
     try:
         text = open(path, encoding="utf-8").read()
     except FileNotFoundError:
@@ -63,7 +69,8 @@ def unfinished(path: os.PathLike) -> list[dict]:
         except ValueError:
             continue
         if "e" in entry:
-            open_batches.pop(entry["e"], None)
+            if not started:
+                open_batches.pop(entry["e"], None)
         else:
             open_batches[entry["b"]] = entry
     return list(open_batches.values())
@@ -105,6 +112,29 @@ def review(ledger: Ledger, rd: RunDir, quarantine_after: int, run_id: int | None
     if entries:
         os.truncate(rd.inflight, 0)
     return Review(set(remaining), guilty)
+
+
+INTERRUPTED = ("the run stopped while this item's call was in progress: it may or may not have taken effect. "
+               "At-most-once mode never calls it again by itself; `durabatch retry-failed --interrupted` does.")
+
+
+def interrupted(ledger: Ledger, rd: RunDir, run_id: int | None) -> list[Failure]:
+    """At-most-once mode: every dispatched item that has no committed outcome is interrupted, not retried."""
+    entries = unfinished(rd.inflight, started=True)
+    if not entries:
+        return []
+    done = intervals.Intervals(ledger.done_spans())
+    finished = ledger.failed_positions()
+    found: dict[int, Failure] = {}
+    for entry in entries:
+        for pos in intervals.expand([tuple(s) for s in entry["spans"]]):
+            if pos not in done and pos not in finished:
+                key = entry.get("key")  # present for single-item batches, as at-most-once sends
+                found[pos] = Failure(pos, key, "Interrupted", INTERRUPTED, "", 1, ItemState.INTERRUPTED)
+    if found:
+        ledger.commit(None, list(found.values()), run_id or 0)
+    os.truncate(rd.inflight, 0)
+    return list(found.values())
 
 
 def worker_death_failure(pos: int, key: object, guilt: int, message: str) -> Failure:

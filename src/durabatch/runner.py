@@ -116,7 +116,14 @@ class _Run:
         messages = check_fingerprint(self.ledger, current, self.settings.allow_changed)
         self._write_job_json(current)
         run_id = self.ledger.start_run(0)
-        review = poison.review(self.ledger, self.rd, self.settings.quarantine_after, run_id)
+        if self.settings.at_most_once:
+            lost = poison.interrupted(self.ledger, self.rd, run_id)
+            if lost:
+                messages.append(f"{len(lost)} item(s) were interrupted mid-call by the last run's end and will not "
+                                "be called again (at-most-once); see `durabatch export --failed`")
+            review = poison.Review(set(), [])
+        else:
+            review = poison.review(self.ledger, self.rd, self.settings.quarantine_after, run_id)
         messages += [f"quarantined {f.key!r} (position {f.pos}): {f.message}" for f in review.quarantined]
         if review.suspects:
             messages.append(f"{len(review.suspects)} item(s) were in flight when the last run died: "
@@ -134,7 +141,8 @@ class _Run:
         if not plan.nothing_to_do:
             stopped, error = self._work(run_id, t0, review.suspects)
         self.stats.elapsed = time.monotonic() - t0
-        failed_total = self.ledger.count_failures(ItemState.FAILED) + self.ledger.count_failures(ItemState.QUARANTINED)
+        failed_total = sum(self.ledger.count_failures(s)
+                           for s in (ItemState.FAILED, ItemState.QUARANTINED, ItemState.INTERRUPTED))
         code = EXIT_USAGE if error else EXIT_STOPPED if stopped else EXIT_FAILED if failed_total else EXIT_DONE
         self.ledger.end_run(run_id, code, self.stats.done, self.stats.failed)
         self.observers.on_end(self.stats, code, stopped or (str(error) if error else None))
@@ -168,7 +176,7 @@ class _Run:
                              parse_size(self.settings.max_worker_memory))
         engine.start(Work(self.target, batched=self.settings.batch_size is not None))
         self.dispatch = Dispatch(self.source, self.plan, self.settings, suspects, self._bad_row)
-        self.journal = poison.Journal(self.rd.inflight)
+        self.journal = poison.Journal(self.rd.inflight, durable=self.settings.at_most_once)
         self.committer = Committer(self.ledger, self.rd, self.settings.output_format, self.key_column, run_id)
         self.stop.install()
         self.deadline = wall_deadline(self.settings.deadline, self.settings.deadline_at, self.started)
@@ -195,7 +203,9 @@ class _Run:
                 self.committer.close()
             except BaseException as exc:  # noqa: BLE001
                 error = error or exc
-            self.journal.close(clean=True)  # this process is alive: nothing in flight is a suspect
+            # This process is alive: nothing in flight is a suspect. In at-most-once mode, calls whose outcome
+            # was not committed (abandoned on a cold stop, or a failed final commit) must be reported next time.
+            self.journal.close(clean=not self.settings.at_most_once or (not cancel and error is None))
             self._drain_commits()
         stopped = self.stop.reason if self.stop.requested and error is None else None
         return stopped, error
@@ -281,6 +291,18 @@ class _Run:
             pending.keys.extend(batch.keys)
             pending.outputs.extend(result.outputs)
             self.stats.done += len(batch.positions)
+        elif self.settings.at_most_once and any(e.error_type in ("WorkerDied", "ItemTimeout")
+                                                for e in result.errors.values()):
+            for i, (pos, key) in enumerate(zip(batch.positions, batch.keys, strict=True)):
+                if i in result.errors:
+                    self.pending.failures.append(Failure(pos, key, "Interrupted", poison.INTERRUPTED,
+                                                         result.errors[i].message, 1, ItemState.INTERRUPTED))
+                    self.stats.failed += 1
+                else:
+                    pending.positions.append(pos)
+                    pending.keys.append(key)
+                    pending.outputs.append(result.outputs[i])
+                    self.stats.done += 1
         elif len(batch.positions) > 1 and all(e.error_type in ("WorkerDied", "ItemTimeout")
                                               for e in result.errors.values()):
             # The worker died or stalled under the whole batch: run its items alone to find the culprit.

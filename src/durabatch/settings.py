@@ -56,6 +56,8 @@ class JobSettings(BaseModel):
                                        "cannot be stopped (use processes).")
     max_worker_memory: str | None = Field(None, description="Kill a worker process above this resident memory "
                                           "(e.g. 4GB) and pin it on its item (processes engine).")
+    at_most_once: bool = Field(False, description="For calls with side effects that must never repeat: a durable "
+                               "started mark before each call; an interrupted item is reported, never re-called.")
     quarantine_after: int = Field(3, ge=1, description="Quarantine an item after it killed its worker or the "
                                   "runner this many times, running alone.")
     supervise: bool = Field(False, description="Run the job in a child process and restart it after an abnormal "

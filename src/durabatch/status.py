@@ -18,6 +18,7 @@ def status(run_dir: str | os.PathLike) -> dict[str, Any]:
         done = ledger.count_done()
         failed = ledger.count_failures(ItemState.FAILED)
         quarantined = ledger.count_failures(ItemState.QUARANTINED)
+        interrupted = ledger.count_failures(ItemState.INTERRUPTED)
         pending_retry = ledger.count_failures(ItemState.PENDING)
         total = ledger.get_meta("total")
         runs = ledger.runs()
@@ -31,7 +32,7 @@ def status(run_dir: str | os.PathLike) -> dict[str, Any]:
     rate = None
     if len(recent) >= 2 and recent[-1][0] > recent[0][0]:
         rate = sum(rows for _, rows in recent[1:]) / (recent[-1][0] - recent[0][0])
-    remaining = None if total is None else max(0, total - done - failed - quarantined)
+    remaining = None if total is None else max(0, total - done - failed - quarantined - interrupted)
     last = runs[-1] if runs else {}
     return {
         "run_dir": str(rd.path),
@@ -41,6 +42,7 @@ def status(run_dir: str | os.PathLike) -> dict[str, Any]:
         "done": done,
         "failed": failed,
         "quarantined": quarantined,
+        "interrupted": interrupted,
         "pending_retry": pending_retry,
         "remaining": remaining,
         "rate_per_s": rate,
@@ -56,7 +58,7 @@ def status(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def render(info: dict[str, Any]) -> str:
     total = info["total"]
-    finished = info["done"] + info["failed"] + info["quarantined"]
+    finished = info["done"] + info["failed"] + info["quarantined"] + info["interrupted"]
     pct = f" ({100 * finished / total:.1f}%)" if total else ""
     lines = [
         f"run dir:   {info['run_dir']}",
@@ -66,6 +68,8 @@ def render(info: dict[str, Any]) -> str:
         f"failed:    {info['failed']:,}" + (f", {info['pending_retry']:,} queued for retry"
                                             if info["pending_retry"] else ""),
     ]
+    if info["interrupted"]:
+        lines.append(f"interrupted: {info['interrupted']:,} (at-most-once: not re-called; retry-failed --interrupted)")
     if info["quarantined"]:
         lines.append(f"quarantined: {info['quarantined']:,}")
         lines.extend(f"  {q['key']}: {q['reason']}" for q in info["quarantined_items"][:20])
