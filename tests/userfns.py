@@ -140,3 +140,14 @@ def side_effect(record: dict) -> dict:
     os.close(fd)
     time.sleep(0.005)
     return {"ok": True}
+
+
+class OutOfMemoryError(RuntimeError):
+    """The shape of torch.cuda.OutOfMemoryError."""
+
+
+def ooms_above_8(records: list[dict]) -> list[dict]:
+    """A batch function whose 'GPU' fits at most 8 records at a time."""
+    if len(records) > 8:
+        raise OutOfMemoryError(f"CUDA out of memory trying to fit {len(records)} records")
+    return [{**digest(r), "batch": len(records)} for r in records]

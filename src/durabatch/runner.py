@@ -20,12 +20,13 @@ from .ledger import Failure, ItemState, Ledger, RunDir, run_lock
 from .observe import Observer, Observers, Stats
 from .observe.logs import RunLog
 from .observe.progress import make_progress
+from .observe.resources import MemoryWatch
 from .plan import Plan, check_fingerprint, make_plan
 from .retry import RetryPolicy, full_jitter, make_retryable
 from .settings import JobSettings, parse_size
 from .sources import Source, open_source
 from .stopping import StopFlag, wall_deadline
-from .work import ItemError, Work, resolve
+from .work import ItemError, Work, cleanup, resolve
 
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 75
 
@@ -174,7 +175,8 @@ class _Run:
                                       "stopped); use --engine processes")
         engine = make_engine(self.engine_name, self.settings.workers, self.settings.item_timeout,
                              parse_size(self.settings.max_worker_memory))
-        engine.start(Work(self.target, batched=self.settings.batch_size is not None))
+        engine.start(Work(self.target, self.settings.batch_size is not None, self.settings.cleanup_every))
+        self.memory = MemoryWatch(parse_size(self.settings.max_memory), parse_size(self.settings.max_gpu_memory))
         self.dispatch = Dispatch(self.source, self.plan, self.settings, suspects, self._bad_row)
         self.journal = poison.Journal(self.rd.inflight, durable=self.settings.at_most_once)
         self.committer = Committer(self.ledger, self.rd, self.settings.output_format, self.key_column, run_id)
@@ -215,7 +217,12 @@ class _Run:
         dispatch = self.dispatch
         last_notice = 0.0
         while not self.stop.requested:
-            while engine.in_flight() < engine.slots and not self._solo_in_flight:
+            for message in self.memory.check():
+                self.observers.on_message(message)
+                if self.memory.over:
+                    cleanup()
+            paused = self.memory.over and engine.in_flight() > 0  # never wait on nothing: go on one at a time
+            while engine.in_flight() < engine.slots and not self._solo_in_flight and not paused:
                 batch = dispatch.next_batch(idle=engine.in_flight() == 0)
                 if batch is None:
                     break
@@ -284,6 +291,8 @@ class _Run:
     def _collect(self, result: BatchResult) -> None:
         batch, pending = result.batch, self.pending
         self.journal.finished(batch)
+        if result.note:
+            self.observers.on_message(result.note)
         if batch.solo:
             self._solo_in_flight = False
         if not result.errors:

@@ -58,6 +58,11 @@ class JobSettings(BaseModel):
                                           "(e.g. 4GB) and pin it on its item (processes engine).")
     at_most_once: bool = Field(False, description="For calls with side effects that must never repeat: a durable "
                                "started mark before each call; an interrupted item is reported, never re-called.")
+    max_memory: str | None = Field(None, description="RAM limit for the job and its workers (e.g. 80GB): warn "
+                                   "near it, pause dispatch above it.")
+    max_gpu_memory: str | None = Field(None, description="The same for GPU memory (NVML, or torch when loaded).")
+    cleanup_every: int = Field(0, ge=0, description="Every N batches per worker: gc.collect() and "
+                               "torch.cuda.empty_cache() when torch is loaded (0: never).")
     quarantine_after: int = Field(3, ge=1, description="Quarantine an item after it killed its worker or the "
                                   "runner this many times, running alone.")
     supervise: bool = Field(False, description="Run the job in a child process and restart it after an abnormal "

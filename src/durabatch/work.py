@@ -116,13 +116,25 @@ def identity(target: Any) -> str:
 class Work:
     """One worker's view of the job's function. Picklable while unprepared, so process workers can build their own."""
 
-    def __init__(self, target: Any, batched: bool):
+    def __init__(self, target: Any, batched: bool, cleanup_every: int = 0):
         self.target = target
         self.batched = batched
+        self.cleanup_every = cleanup_every
+        self.batch_limit: int | None = None  # lowered when the batch function runs out of memory
+        self.note: str | None = None  # something the runner should report (taken by the engine)
+        self._calls = 0
         self._fn: Any = None
 
     def __getstate__(self) -> dict:
-        return {"target": self.target, "batched": self.batched, "_fn": None}
+        return {**self.__dict__, "_fn": None}
+
+    def copy(self) -> Work:
+        """An unprepared copy, for another worker."""
+        return Work(self.target, self.batched, self.cleanup_every)
+
+    def take_note(self) -> str | None:
+        note, self.note = self.note, None
+        return note
 
     def prepare(self) -> None:
         """Instantiate a class and run its setup() once (load the model here, not per item)."""
@@ -143,9 +155,14 @@ class Work:
             self.prepare()
         outputs: list[Any] = [None] * len(records)
         errors: dict[int, ItemError] = {}
+        self._calls += 1
+        if self.cleanup_every and self._calls % self.cleanup_every == 0:
+            cleanup()
         if self.batched:
             with time_limit(timeout * len(records) if timeout else None):
-                self._run_batch(records, 0, len(records), outputs, errors)
+                step = self.batch_limit or len(records)
+                for lo in range(0, len(records), step):
+                    self._run_batch(records, lo, min(lo + step, len(records)), outputs, errors)
         elif self._is_async:
             with time_limit(timeout * len(records) if timeout else None):
                 self._run_async(records, outputs, errors)
@@ -172,6 +189,13 @@ class Work:
             if hi - lo == 1:
                 errors[lo] = ItemError.from_exception(exc)
                 return
+            if is_out_of_memory(exc):
+                # Carry on with halves, and keep that size for later batches, instead of dying at hour 11.
+                cleanup()
+                self.batch_limit = (hi - lo) // 2
+                note = (f"the batch function ran out of memory on {hi - lo} records ({type(exc).__name__}); "
+                        f"continuing with batches of {self.batch_limit}")
+                self.note = f"{self.note}; {note}" if self.note else note
             mid = (lo + hi) // 2  # bisect so that only the items that really fail are recorded as failed
             self._run_batch(records, lo, mid, outputs, errors)
             self._run_batch(records, mid, hi, outputs, errors)
@@ -202,6 +226,26 @@ class Work:
                 raise result
             else:
                 outputs[i] = result
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, torch.cuda.OutOfMemoryError, or a RuntimeError saying CUDA/MPS is out of memory."""
+    names = {k.__name__ for k in type(exc).__mro__}
+    return bool(names & {"MemoryError", "OutOfMemoryError"}) or "out of memory" in str(exc).lower()
+
+
+def cleanup() -> None:
+    """Free what can be freed: Python garbage, and cached GPU memory when torch is already loaded."""
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
 
 
 async def _awaited(awaitable: Any) -> Any:

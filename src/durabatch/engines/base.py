@@ -26,6 +26,7 @@ class BatchResult:
     outputs: list[Any]  # aligned with batch.records; None where failed
     errors: dict[int, ItemError]  # index in the batch -> error
     seconds: float
+    note: str | None = None  # e.g. the batch function ran out of memory and continues with smaller batches
 
 
 class Engine(Protocol):

@@ -22,7 +22,7 @@ class InlineEngine:
     def submit(self, batch: Batch) -> None:
         t0 = time.perf_counter()
         outputs, errors = self.work.execute(batch.records, self.item_timeout)
-        self._done.append(BatchResult(batch, outputs, errors, time.perf_counter() - t0))
+        self._done.append(BatchResult(batch, outputs, errors, time.perf_counter() - t0, self.work.take_note()))
 
     def poll(self, timeout: float) -> list[BatchResult]:
         done, self._done = self._done, []

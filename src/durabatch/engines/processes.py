@@ -43,10 +43,10 @@ def _worker_main(conn: Connection, work_bytes: bytes, item_timeout: float | None
             error = ItemError.from_exception(exc)
             outputs, errors = [None] * len(records), dict.fromkeys(range(len(records)), error)
         try:
-            conn.send(("done", (outputs, errors, time.perf_counter() - t0)))
+            conn.send(("done", (outputs, errors, time.perf_counter() - t0, work.take_note())))
         except Exception as exc:  # noqa: BLE001 - e.g. an output that cannot be pickled
             error = ItemError.from_exception(exc)
-            conn.send(("done", ([None] * len(records), dict.fromkeys(range(len(records)), error), 0.0)))
+            conn.send(("done", ([None] * len(records), dict.fromkeys(range(len(records)), error), 0.0, None)))
 
 
 class _Worker:
@@ -117,12 +117,12 @@ class ProcessEngine:
             assert batch is not None
             if worker.conn in ready:
                 try:
-                    _, (outputs, errors, seconds) = worker.conn.recv()
+                    _, (outputs, errors, seconds, note) = worker.conn.recv()
                 except (EOFError, OSError):
                     pass  # died while answering: handled as a death below
                 else:
                     worker.batch = None
-                    results.append(BatchResult(batch, outputs, errors, seconds))
+                    results.append(BatchResult(batch, outputs, errors, seconds, note))
                     continue
             if worker.process.sentinel in ready or not worker.process.is_alive():
                 results.append(self._replace_dead(worker, batch))

@@ -26,7 +26,7 @@ class ThreadEngine:
     def start(self, work: Work) -> None:
         self._threads = []
         for i in range(self.workers):
-            t = threading.Thread(target=self._worker, args=(Work(work.target, work.batched),),
+            t = threading.Thread(target=self._worker, args=(work.copy(),),
                                  name=f"durabatch-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -52,7 +52,7 @@ class ThreadEngine:
             except BaseException as exc:  # noqa: BLE001 - never lose a batch: fail its items
                 error = ItemError.from_exception(exc)
                 outputs, errors = [None] * len(batch.records), dict.fromkeys(range(len(batch.records)), error)
-            self._done.put(BatchResult(batch, outputs, errors, time.perf_counter() - t0))
+            self._done.put(BatchResult(batch, outputs, errors, time.perf_counter() - t0, work.take_note()))
 
     def submit(self, batch: Batch) -> None:
         self._in_flight += 1
