@@ -151,3 +151,14 @@ def ooms_above_8(records: list[dict]) -> list[dict]:
     if len(records) > 8:
         raise OutOfMemoryError(f"CUDA out of memory trying to fit {len(records)} records")
     return [{**digest(r), "batch": len(records)} for r in records]
+
+
+def counted_digest(record: dict) -> dict:
+    """digest(), logging every execution (to count items that ran more than once across kills)."""
+    import time
+
+    time.sleep(0.0002)
+    fd = os.open(os.environ["EXECUTIONS_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, f"{record['id']}\n".encode())
+    os.close(fd)
+    return digest(record)

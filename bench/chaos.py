@@ -1,0 +1,102 @@
+"""Chaos: a job under --supervise, its runner SIGKILLed at random moments and the supervisor SIGTERMed a few
+times. Checks that every key ends up exactly once and equal to a reference loop, and reports how many items ran
+more than once against the bound the commit policy promises.
+
+    python bench/chaos.py                      # 50,000 items, 100 kills (a few minutes)
+    python bench/chaos.py --items 20000 --kills 20 --terms 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+import userfns  # noqa: E402
+
+from durabatch.ledger import RunDir, lock_holder  # noqa: E402
+
+
+def chaos(items: int, kills: int, terms: int, workdir: Path, seed: int = 1, commit_every: int = 500,
+          verbose: bool = True) -> dict:
+    data = workdir / "data.jsonl"
+    data.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(items)))
+    executions = workdir / "executions.txt"
+    run_dir = workdir / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "EXECUTIONS_FILE": str(executions)}
+    command = [sys.executable, "-m", "durabatch", "run", "-i", str(data), "--key", "id",
+               "--fn", "userfns:counted_digest", "--run-dir", str(run_dir), "--commit-every", str(commit_every),
+               "--commit-seconds", "0.5", "--supervise", "--restart-delay", "0.05", "--progress", "off"]
+    rng = random.Random(seed)
+    term_at = set(rng.sample(range(kills), min(terms, kills)))
+    done_kills = done_terms = launches = 0
+    t0 = time.monotonic()
+    while True:
+        supervisor = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        launches += 1
+        while supervisor.poll() is None and done_kills + done_terms < kills:
+            time.sleep(rng.uniform(0.05, 0.6))
+            if done_kills + done_terms in term_at and supervisor.poll() is None:
+                supervisor.send_signal(signal.SIGTERM)  # graceful: the runner drains, commits, exits 75
+                term_at.discard(done_kills + done_terms)
+                done_terms += 1
+                break
+            pid = lock_holder(RunDir(run_dir))
+            if pid and pid > 0:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    done_kills += 1
+                except ProcessLookupError:
+                    pass
+        code = supervisor.wait(timeout=600)
+        if code == 0 and done_kills + done_terms >= kills:
+            break
+        if code not in (0, 75):
+            raise SystemExit(f"supervisor ended with {code}; see {run_dir}/logs/supervise.log")
+    elapsed = time.monotonic() - t0
+    out = workdir / "out.parquet"
+    subprocess.run([sys.executable, "-m", "durabatch", "export", str(run_dir), "--to", str(out)], env=env, check=True,
+                   capture_output=True)
+    table = pq.read_table(out)
+    ids = table.column("id").to_pylist()
+    reference = [userfns.digest({"id": i})["digest"] for i in range(items)]
+    counts = collections.Counter(executions.read_text().split())
+    repeated = sum(c - 1 for c in counts.values() if c > 1)
+    result = {
+        "items": items, "kills": done_kills, "sigterms": done_terms, "supervisor_launches": launches,
+        "exactly_once": ids == list(range(items)) and table.column("digest").to_pylist() == reference,
+        "executions": sum(counts.values()), "re_executions": repeated,
+        "bound_per_kill": 2 * commit_every + 1000, "seconds": round(elapsed, 1),
+    }
+    result["bound_total"] = result["bound_per_kill"] * done_kills
+    if verbose:
+        print(json.dumps(result, indent=2))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument("--kills", type=int, default=100)
+    parser.add_argument("--terms", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = chaos(args.items, args.kills, args.terms, Path(tmp), args.seed)
+    raise SystemExit(0 if result["exactly_once"] else 1)
+
+
+if __name__ == "__main__":
+    main()
