@@ -74,9 +74,13 @@ def chaos(items: int, kills: int, terms: int, workdir: Path, seed: int = 1, comm
     reference = [userfns.digest({"id": i})["digest"] for i in range(items)]
     counts = collections.Counter(executions.read_text().split())
     repeated = sum(c - 1 for c in counts.values() if c > 1)
+    status = json.loads(subprocess.run([sys.executable, "-m", "durabatch", "status", str(run_dir), "--json"], env=env,
+                                       capture_output=True, text=True, check=True).stdout)
     result = {
+        "quarantined": status["quarantined"],
         "items": items, "kills": done_kills, "sigterms": done_terms, "supervisor_launches": launches,
-        "exactly_once": ids == list(range(items)) and table.column("digest").to_pylist() == reference,
+        "exactly_once": ids == list(range(items)) and table.column("digest").to_pylist() == reference
+        and status["quarantined"] == 0,
         "executions": sum(counts.values()), "re_executions": repeated,
         "bound_per_kill": 2 * commit_every + 1000, "seconds": round(elapsed, 1),
     }
