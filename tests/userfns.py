@@ -157,7 +157,7 @@ def counted_digest(record: dict) -> dict:
     """digest(), logging every execution (to count items that ran more than once across kills)."""
     import time
 
-    time.sleep(0.0002)
+    time.sleep(float(os.environ.get("ITEM_SECONDS", "0.0002")))
     fd = os.open(os.environ["EXECUTIONS_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.write(fd, f"{record['id']}\n".encode())
     os.close(fd)

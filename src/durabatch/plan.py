@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import job, shards
@@ -116,9 +117,32 @@ def _check_keys(source: Source, settings: JobSettings) -> tuple[int | None, set[
     keys = source.key_column(settings.key)
     if keys is None:
         return source.count(), set(), True
-    if keys.null_count == 0 and pc.count_distinct(keys).as_py() == len(keys):
-        return len(keys), set(), False
-    return len(keys), find_duplicates(source, settings.key, settings.dedupe), False
+    count = len(keys)
+    unique = all_distinct(keys)
+    del keys
+    pa.default_memory_pool().release_unused()  # give the pass's memory back before the long run
+    if unique:
+        return count, set(), False
+    return count, find_duplicates(source, settings.key, settings.dedupe), False
+
+
+PARTITION = 1 << 18  # keys per hash-table partition: bounds the check's memory whatever the input size
+
+
+def all_distinct(keys: pa.ChunkedArray) -> bool:
+    """True when no key repeats. Integer keys are checked in partitions by their low bits, so the hash table
+    never holds more than about PARTITION keys: memory stays flat from 1M to 3M items."""
+    if keys.null_count:
+        return False
+    if not pa.types.is_integer(keys.type) or len(keys) <= PARTITION:
+        return pc.count_distinct(keys).as_py() == len(keys)
+    parts = 1 << (len(keys) // PARTITION).bit_length()
+    low_bits = pc.bit_wise_and(keys, parts - 1)
+    for part in range(parts):
+        subset = pc.filter(keys, pc.equal(low_bits, part))
+        if pc.count_distinct(subset).as_py() != len(subset):
+            return False
+    return True
 
 
 def find_duplicates(source: Source, key: str, dedupe: bool) -> set[int]:

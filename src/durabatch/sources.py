@@ -51,13 +51,15 @@ class FileSource:
 
     def key_column(self, key: str) -> pa.ChunkedArray | None:
         """All keys, read by Arrow in C, for the uniqueness check; None when Arrow cannot read them."""
-        arrays = []
+        columns = []
         for path in self.paths:
             column = _arrow_keys(path, key)
             if column is None:
                 return None
-            arrays.extend(column.cast(pa.string()).chunks)
-        return pa.chunked_array(arrays, type=pa.string())
+            columns.append(column)
+        if len({c.type for c in columns}) > 1:  # e.g. ints in one file, strings in another: compare as text
+            columns = [c.cast(pa.string()) for c in columns]
+        return pa.chunked_array([chunk for c in columns for chunk in c.chunks], type=columns[0].type)
 
     def rows(self, wanted: Wanted, end: int | None) -> Iterator[tuple[int, Any, Any]]:
         """(position, line number or row index, record or BadRow); `self.current` names the file being read."""
@@ -236,7 +238,10 @@ def _arrow_keys(path: str, key: str) -> pa.ChunkedArray | None:
             return None
         schema = pa.schema([(key, key_type)])
         options = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-        return pjson.read_json(path, parse_options=options).column(0)
+        # Streamed in blocks, one thread: only the key column is kept, so memory stays small and flat.
+        reader = pjson.open_json(path, read_options=pjson.ReadOptions(use_threads=False, block_size=1 << 18),
+                                 parse_options=options)
+        return pa.chunked_array([batch.column(0) for batch in reader], type=key_type)
     except Exception:  # noqa: BLE001 - any trouble: the streaming pass checks row by row and names the row
         return None
 
