@@ -12,7 +12,7 @@ import chaos  # noqa: E402
 
 
 def test_supervised_job_survives_random_kills_exactly_once(tmp_path):
-    result = chaos.chaos(items=20_000, kills=25, terms=2, workdir=tmp_path, verbose=False)
+    result = chaos.chaos(items=20_000, kills=25, terms=2, workdir=tmp_path, item_ms=0.5, verbose=False)
     assert result["exactly_once"], result
     assert result["kills"] >= 20
     assert result["quarantined"] == 0  # external kills never make an innocent item guilty
