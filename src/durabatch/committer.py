@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from . import intervals, shards
 from .errors import DiskFullError, DurabatchError
 from .ledger import Failure, Ledger, RunDir
@@ -78,6 +80,8 @@ class Committer:
                 continue  # after a failed commit nothing more is committed; the run stops
             try:
                 done = commit(self.ledger, self.run_dir, pending, self.fmt, self.key_column, self.run_id)
+                del pending
+                pa.default_memory_pool().release_unused()  # keep Arrow's cached pages from piling up
                 self.committed.append(self._check_space(done))
             except BaseException as exc:  # noqa: BLE001 - handed to the run loop
                 self.error = _explain(exc, self.run_dir)

@@ -49,17 +49,20 @@ class FileSource:
     def count(self) -> int:
         return sum(_count_rows(p) for p in self.paths)
 
+    def key_batches(self, key: str) -> Iterator[pa.Array]:
+        """The keys of every file in order, in Arrow batches (memory: one batch). Raises if Arrow cannot read them."""
+        for path in self.paths:
+            yield from _arrow_key_batches(path, key)
+
     def key_column(self, key: str) -> pa.ChunkedArray | None:
         """All keys, read by Arrow in C, for the uniqueness check; None when Arrow cannot read them."""
-        columns = []
-        for path in self.paths:
-            column = _arrow_keys(path, key)
-            if column is None:
-                return None
-            columns.append(column)
-        if len({c.type for c in columns}) > 1:  # e.g. ints in one file, strings in another: compare as text
-            columns = [c.cast(pa.string()) for c in columns]
-        return pa.chunked_array([chunk for c in columns for chunk in c.chunks], type=columns[0].type)
+        try:
+            chunks = list(self.key_batches(key))
+        except Exception:  # noqa: BLE001 - any trouble: the streaming pass checks row by row and names the row
+            return None
+        if len({c.type for c in chunks}) > 1:  # e.g. ints in one file, strings in another: compare as text
+            chunks = [c.cast(pa.string()) for c in chunks]
+        return pa.chunked_array(chunks, type=chunks[0].type if chunks else pa.string())
 
     def rows(self, wanted: Wanted, end: int | None) -> Iterator[tuple[int, Any, Any]]:
         """(position, line number or row index, record or BadRow); `self.current` names the file being read."""
@@ -216,34 +219,35 @@ def _count_rows(path: str) -> int:
     return count - 1 if fmt == "csv" and count else count
 
 
-def _arrow_keys(path: str, key: str) -> pa.ChunkedArray | None:
-    try:
-        fmt = _fmt(path)
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
+def _arrow_key_batches(path: str, key: str) -> Iterator[pa.Array]:
+    """The key column of one file in Arrow batches, read in C with small blocks; raises if Arrow cannot."""
+    fmt = _fmt(path)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
 
-            return pq.read_table(path, columns=[key]).column(0)
-        if fmt == "csv":
-            import pyarrow.csv as pcsv
+        for batch in pq.ParquetFile(path).iter_batches(columns=[key], batch_size=1 << 16):
+            yield batch.column(0)
+        return
+    if fmt == "csv":
+        import pyarrow.csv as pcsv
 
-            options = pcsv.ConvertOptions(include_columns=[key], column_types={key: pa.string()})
-            return pcsv.read_csv(path, convert_options=options).column(0)
-        import pyarrow.json as pjson
+        options = pcsv.ConvertOptions(include_columns=[key], column_types={key: pa.string()})
+        for batch in pcsv.open_csv(path, convert_options=options):
+            yield batch.column(0)
+        return
+    import pyarrow.json as pjson
 
-        with open(path, "rb") as f:
-            first = next((line for line in f if not line.isspace()), None)
-        value = json.loads(first)[key] if first else None
-        key_type = pa.int64() if isinstance(value, int) else pa.string() if isinstance(value, str) else None
-        if key_type is None:
-            return None
-        schema = pa.schema([(key, key_type)])
-        options = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-        # Streamed in blocks, one thread: only the key column is kept, so memory stays small and flat.
-        reader = pjson.open_json(path, read_options=pjson.ReadOptions(use_threads=False, block_size=1 << 18),
-                                 parse_options=options)
-        return pa.chunked_array([batch.column(0) for batch in reader], type=key_type)
-    except Exception:  # noqa: BLE001 - any trouble: the streaming pass checks row by row and names the row
-        return None
+    with open(path, "rb") as f:
+        first = next((line for line in f if not line.isspace()), None)
+    value = json.loads(first)[key] if first else None
+    key_type = pa.int64() if isinstance(value, int) else pa.string() if isinstance(value, str) else None
+    if key_type is None:
+        raise ValueError("key is neither an integer nor a string")
+    schema = pa.schema([(key, key_type)])
+    options = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    for batch in pjson.open_json(path, read_options=pjson.ReadOptions(use_threads=False, block_size=1 << 18),
+                                 parse_options=options):
+        yield batch.column(0)
 
 
 def _jsonl_rows(path: str, pos: int, wanted: Wanted, end: int | None) -> Iterator:
