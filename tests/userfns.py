@@ -162,3 +162,11 @@ def counted_digest(record: dict) -> dict:
     os.write(fd, f"{record['id']}\n".encode())
     os.close(fd)
     return digest(record)
+
+
+def slow_digest(record: dict) -> dict:
+    """digest() with a little work per item, so that a 20,000-item job runs for seconds and kills land mid-run."""
+    import time
+
+    time.sleep(0.0001)
+    return digest(record)

@@ -33,6 +33,7 @@ class Dispatch:
         self._held: tuple[int, Any, dict] | None = None  # a suspect waiting for the engine to be idle
         self._items = self._stream()
         self._ids = 0
+        self._error: InputError | None = None
         self.source_done = False
 
     @property
@@ -66,18 +67,25 @@ class Dispatch:
                 return None
             held, self._held = self._held, None
             return self._batch([held], 1, True)
+        if self._error is not None:
+            raise self._error
         if self.source_done:
             return None
         picked_items: list[tuple[int, Any, dict]] = []
-        for item in self._items:
-            if item[0] in self.suspects:
-                self._held = item
-                break
-            picked_items.append(item)
-            if len(picked_items) >= self.chunk:
-                break
-        else:
-            self.source_done = True
+        try:
+            for item in self._items:
+                if item[0] in self.suspects:
+                    self._held = item
+                    break
+                picked_items.append(item)
+                if len(picked_items) >= self.chunk:
+                    break
+            else:
+                self.source_done = True
+        except InputError as exc:  # a bad row: the records before it still run, then the error stops the run
+            if not picked_items:
+                raise
+            self._error = exc
         if picked_items:
             return self._batch(picked_items, 1, False)
         return self.next_batch(idle) if self._held is not None and idle else None

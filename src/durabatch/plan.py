@@ -50,6 +50,9 @@ def check_fingerprint(ledger: Ledger, current: dict, allow_changed: bool) -> lis
     lines = job.diff(stored, current)
     if not lines:
         return []
+    if ledger.count_done() == 0 and not ledger.failures():
+        ledger.set_meta(fingerprint=current, checked={})  # nothing committed yet: nothing to mix up
+        return []
     if not allow_changed:
         raise ChangedJobError(
             f"{ledger.path.parent}: this run directory holds a different job; refusing to mix results.\n  "

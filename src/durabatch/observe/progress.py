@@ -91,9 +91,17 @@ class BarProgress(Observer):
             self._progress = None
 
 
+class MessagesOnly(PlainProgress):
+    """--progress off: no progress lines, but what the user must know (resumes, quarantines) still shows."""
+
+    def on_progress(self, stats: Stats) -> None: ...
+
+    def on_end(self, stats: Stats, exit_code: int, reason: str | None) -> None: ...
+
+
 def make_progress(mode: str, every: float) -> Observer | None:
     if mode == "off":
-        return None
+        return MessagesOnly(every)
     if mode == "bar" or (mode == "auto" and sys.stderr.isatty()):
         return BarProgress()
     return PlainProgress(every)
