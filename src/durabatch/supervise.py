@@ -76,7 +76,7 @@ def supervise(run_args: Sequence[str], run_dir: str, max_restarts: int | None = 
     previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     restarts, stalls, wait = 0, 0, delay
     try:
-        while True:
+        while not forwarded:  # a stop signal between attempts ends supervision too
             before = progress_mark(rd)
             child = subprocess.Popen(command, env=env, start_new_session=True)  # our signals reach it once
             log(f"attempt {restarts + 1}: started pid {child.pid}")
@@ -98,6 +98,8 @@ def supervise(run_args: Sequence[str], run_dir: str, max_restarts: int | None = 
             log(f"restarting in {wait:.1f}s ({'progress made' if progressed else f'no progress x{stalls}'})")
             time.sleep(wait)
             restarts += 1
+        log(f"stopped by {signal.Signals(forwarded[0]).name} between attempts")
+        return 75
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
