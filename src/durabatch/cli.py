@@ -4,6 +4,7 @@ read here only. Precedence: flags > DURABATCH_* environment > job file > default
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from .runner import EXIT_USAGE, run_job
 from .settings import JobSettings
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+    add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
     help="Run a function over a dataset as a durable job: kill it at any moment, run the same command again, "
          "and it continues; every input key ends up in the output exactly once.\n\n"
          "Exit codes: 0 all done; 1 finished with failed items; 2 usage, configuration or input error; "
@@ -162,6 +163,25 @@ def retry_failed_command(
 
 
 _ARGV: list[str] = []
+
+
+@app.command("verify")
+def verify_command(
+    run_dir: Path = typer.Argument(..., help="The job's run directory."),
+    repair: bool = typer.Option(False, "--repair", help="Put the items of lost or corrupt shards back to pending, "
+                                "remove crash leftovers, rebuild an unreadable ledger from the shards."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Check every shard against the ledger: present, readable, row counts, checksums, keys. Exit 1 if not."""
+    from .verify import repair as do_repair
+    from .verify import verify
+
+    try:
+        report = do_repair(run_dir) if repair else verify(run_dir)
+    except DurabatchError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(report.as_dict(), indent=2) if json_out else report.render())
+    raise typer.Exit(0 if report.ok or report.repaired else 1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -250,6 +250,20 @@ class Ledger:
             c.executemany("INSERT OR REPLACE INTO suspects VALUES (?, ?, ?, ?, ?)",
                           [(p, _text(k), g, r, now) for p, (k, g, r) in rows.items()])
 
+    # -- verify and repair -----------------------------------------------------------------------------------
+    def forget_shards(self, names: list[str]) -> None:
+        """Unlist shards (lost or corrupt): their items are pending again, and the next run redoes them."""
+        with self.transaction() as c:
+            c.executemany("DELETE FROM shards WHERE name = ?", [(n,) for n in names])
+
+    def register_shard(self, shard: ShardRecord) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO shards (name, rows, bytes, checksum, positions, first_pos, committed_at, run_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                (shard.name, shard.rows, shard.bytes, shard.checksum, intervals.encode(shard.spans),
+                 shard.spans[0][0], time.time()))
+
     # -- reading ---------------------------------------------------------------------------------------------
     def shards(self) -> list[dict]:
         cur = self.conn.execute(
