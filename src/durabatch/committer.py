@@ -29,6 +29,7 @@ class Pending:
     keys: list[Any] = field(default_factory=list)
     outputs: list[Any] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    meta: dict | None = None  # ledger meta to record in the same transaction (e.g. API metrics for `status`)
 
     def __len__(self) -> int:
         return len(self.positions) + len(self.failures)
@@ -110,7 +111,7 @@ def commit(ledger: Ledger, run_dir: RunDir, pending: Pending, fmt: str, key_colu
         spans = intervals.from_sorted(positions)
         data = shards.serialize(table, fmt, spans)
         record = shards.write_atomic(run_dir.shards, data, table.num_rows, spans, fmt)
-    ledger.commit(record, pending.failures, run_id)
+    ledger.commit(record, pending.failures, run_id, pending.meta)
     return Committed(len(pending.positions), len(pending.failures), record.name if record else None,
                      record.bytes if record else 0)
 

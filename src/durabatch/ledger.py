@@ -213,7 +213,7 @@ class Ledger:
         return [dict(zip(names, row, strict=True)) for row in cur]
 
     # -- commits ---------------------------------------------------------------------------------------------
-    def commit(self, shard: ShardRecord | None, failures: list[Failure], run_id: int) -> None:
+    def commit(self, shard: ShardRecord | None, failures: list[Failure], run_id: int, meta: dict | None = None) -> None:
         """ONE transaction: register the shard (already durable on disk) and record failures. Items of the
         shard that had failed before stop being failures."""
         now = time.time()
@@ -234,6 +234,9 @@ class Ledger:
                 c.executemany("INSERT INTO attempts (pos, key, error_type, message, at) VALUES (?, ?, ?, ?, ?)",
                               [(f.pos, _text(f.key), f.error_type, f.message, now) for f in failures])
                 self._has_failures = True
+            if meta:
+                c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                              [(k, json.dumps(v)) for k, v in meta.items()])
 
     _has_failures = True  # refined by load_state()
 

@@ -33,8 +33,15 @@ class Plan:
     already_failed: int = 0
     messages: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if not len(self.done) and not self.failed and not self.skip_dupes:
+            self.wanted = self._from_lo  # a fresh run: one comparison per row, not four
+
     def wanted(self, pos: int) -> bool:
         return pos >= self.lo and pos not in self.done and pos not in self.failed and pos not in self.skip_dupes
+
+    def _from_lo(self, pos: int) -> bool:
+        return pos >= self.lo
 
     @property
     def nothing_to_do(self) -> bool:

@@ -17,6 +17,7 @@ from .dispatch import Dispatch
 from .engines import BatchResult, Engine, make_engine
 from .errors import ConfigError, DurabatchError, InputError
 from .ledger import Failure, ItemState, Ledger, RunDir, run_lock
+from .limits import ApiMetrics, Limits, LimitSpec
 from .observe import Observer, Observers, Stats
 from .observe.logs import RunLog
 from .observe.progress import make_progress
@@ -26,7 +27,7 @@ from .retry import RetryPolicy, full_jitter, make_retryable
 from .settings import JobSettings, parse_size
 from .sources import Source, open_source
 from .stopping import StopFlag, wall_deadline
-from .work import ItemError, Work, cleanup, resolve
+from .work import ItemError, Work, cleanup, is_async_target, resolve
 
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 75
 
@@ -169,12 +170,14 @@ class _Run:
         tmp.replace(self.rd.job)
 
     def _work(self, run_id: int, t0: float, suspects: set[int]) -> tuple[str | None, BaseException | None]:
-        self.engine_name = self.settings.engine or ("inline" if self.settings.workers == 1 else "threads")
+        self.engine_name = self.settings.engine or ("asyncio" if is_async_target(self.target) else
+                                                    "inline" if self.settings.workers == 1 else "threads")
+        self.limits = self._make_limits()
         if self.settings.item_timeout and self.engine_name == "threads":
             self.observers.on_message("--item-timeout is not enforced on the threads engine (a thread cannot be "
                                       "stopped); use --engine processes")
         engine = make_engine(self.engine_name, self.settings.workers, self.settings.item_timeout,
-                             parse_size(self.settings.max_worker_memory))
+                             parse_size(self.settings.max_worker_memory), self.settings.concurrency, self.limits)
         engine.start(Work(self.target, self.settings.batch_size is not None, self.settings.cleanup_every))
         self.memory = MemoryWatch(parse_size(self.settings.max_memory), parse_size(self.settings.max_gpu_memory))
         self.dispatch = Dispatch(self.source, self.plan, self.settings, suspects, self._bad_row)
@@ -212,6 +215,30 @@ class _Run:
         stopped = self.stop.reason if self.stop.requested and error is None else None
         return stopped, error
 
+    def _make_limits(self) -> Limits | None:
+        s = self.settings
+        specs = {name: LimitSpec(spec.get("rpm"), spec.get("tpm")) for name, spec in s.limits.items()}
+        if s.rpm or s.tpm or not specs:
+            specs["default"] = LimitSpec(s.rpm, s.tpm)
+        wanted = self.engine_name == "asyncio" or (self.engine_name == "threads" and (s.rpm or s.tpm or s.limits))
+        if not wanted:
+            return None
+        return Limits(specs, s.limit_by, s.tokens_per_item, ApiMetrics(s.price_input, s.price_output))
+
+    def _over_budget(self) -> str | None:
+        """Stop before a budget would be passed, counting what is in flight at the average cost so far."""
+        if self.limits is None:
+            return None
+        m = self.limits.metrics
+        done = max(1, m.requests - m.in_flight)
+        if self.settings.max_tokens and m.tokens + (m.in_flight + 1) * max(m.tokens / done,
+                                                                           self.settings.tokens_per_item) \
+                > self.settings.max_tokens:
+            return f"budget: {m.tokens:,} tokens used of --max-tokens {self.settings.max_tokens:,}"
+        if self.settings.max_cost and m.cost + (m.in_flight + 1) * m.cost / done > self.settings.max_cost:
+            return f"budget: {m.cost:.4f} spent of --max-cost {self.settings.max_cost:g}"
+        return None
+
     # -- the loop ----------------------------------------------------------------------------------------------
     def _loop(self, engine: Engine, t0: float) -> None:
         dispatch = self.dispatch
@@ -246,6 +273,10 @@ class _Run:
                 raise self.committer.error
             if self.deadline and time.time() + self._deadline_margin() >= self.deadline[0]:
                 self.stop.request("deadline")
+            budget = self._over_budget()
+            if budget:
+                self.observers.on_message(f"{budget}: stopping; run again with a larger budget to continue")
+                self.stop.request("budget")
 
     def _deadline_margin(self) -> float:
         """Time to finish what is in flight and commit: twice the slowest recent batch, at least a second."""
@@ -361,6 +392,8 @@ class _Run:
     def _commit_now(self) -> None:
         self._last_commit = time.monotonic()
         if len(self.pending):
+            if self.limits is not None:
+                self.pending.meta = {"api": self.limits.metrics.snapshot()}
             self.committer.submit(self.pending)
             self.pending = Pending()
         self._drain_commits()
@@ -376,5 +409,7 @@ class _Run:
     def _notify(self, engine: Engine, t0: float) -> None:
         self._drain_commits()
         self.stats.in_flight = engine.in_flight()
+        if self.limits is not None:
+            self.stats.extra = self.limits.metrics.snapshot()
         self.stats.elapsed = time.monotonic() - t0
         self.observers.on_progress(self.stats)

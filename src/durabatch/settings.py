@@ -31,9 +31,9 @@ class JobSettings(BaseModel):
         None, ge=1, description="Call fn with lists of up to N records (a batch function). Unset: one record."
     )
     workers: int = Field(1, ge=1, description="Parallel workers.")
-    engine: Literal["inline", "threads", "processes"] | None = Field(
-        None, description="inline (one worker, for debugging), threads or processes. Default: inline for one "
-        "worker, threads otherwise."
+    engine: Literal["inline", "threads", "processes", "asyncio"] | None = Field(
+        None, description="inline (one worker, for debugging), threads, processes or asyncio. Default: asyncio "
+        "for async functions, inline for one worker, threads otherwise."
     )
     commit_every: int = Field(10_000, ge=1, description="Commit a shard every N finished items (1 = ultra-safe).")
     commit_seconds: float = Field(5.0, gt=0, description="... or every T seconds, whichever comes first.")
@@ -69,6 +69,19 @@ class JobSettings(BaseModel):
                             "death (signal, OOM kill), until done or a crash loop (CLI only).")
     restarts: int | None = Field(None, ge=0, description="Supervise, restarting at most N times.")
     restart_delay: float = Field(1.0, ge=0, description="Seconds before a restart (doubling while no progress).")
+    concurrency: int = Field(16, ge=1, description="asyncio engine: calls in flight at most (adapts down on 429s).")
+    rpm: float | None = Field(None, gt=0, description="Requests per minute, shared by all workers. Unset: found "
+                              "from the provider's 429s.")
+    tpm: float | None = Field(None, gt=0, description="Tokens per minute (estimated per item, corrected by the "
+                              "usage the function reports).")
+    tokens_per_item: float = Field(500, gt=0, description="Token estimate per item for --tpm and budgets.")
+    limits: dict[str, dict[str, float]] = Field(default_factory=dict, description="Named limits, e.g. "
+                                                "{gpt: {rpm: 500}, claude: {rpm: 50, tpm: 40000}} (job file).")
+    limit_by: str | None = Field(None, description="Record field naming which of --limits applies to it.")
+    price_input: float | None = Field(None, ge=0, description="Price per million input tokens, for the cost shown.")
+    price_output: float | None = Field(None, ge=0, description="Price per million output tokens.")
+    max_tokens: int | None = Field(None, gt=0, description="Budget: stop (exit 75) before using more tokens.")
+    max_cost: float | None = Field(None, gt=0, description="Budget: stop (exit 75) before spending more.")
     deadline: str | None = Field(None, description="Stop in time before this long after the start (11h30m, 90m): "
                                  "finish in-flight work, commit, exit 75.")
     deadline_at: str | None = Field(None, description="The same at a wall-clock time (ISO 8601). Under Slurm the "

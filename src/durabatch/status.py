@@ -21,6 +21,7 @@ def status(run_dir: str | os.PathLike) -> dict[str, Any]:
         interrupted = ledger.count_failures(ItemState.INTERRUPTED)
         pending_retry = ledger.count_failures(ItemState.PENDING)
         total = ledger.get_meta("total")
+        api = ledger.get_meta("api")
         runs = ledger.runs()
         recent = ledger.recent_commits(120)
         shards = ledger.conn.execute("SELECT count(*), coalesce(sum(bytes), 0), max(committed_at) FROM shards")
@@ -52,6 +53,7 @@ def status(run_dir: str | os.PathLike) -> dict[str, Any]:
         "last_commit_at": last_commit,
         "runs": len(runs),
         "last_run": {k: last.get(k) for k in ("pid", "started_at", "ended_at", "exit_code", "done", "failed")},
+        "api": api,
         "quarantined_items": [{"key": q["key"], "reason": q["message"]} for q in quarantined_items],
     }
 
@@ -76,6 +78,10 @@ def render(info: dict[str, Any]) -> str:
     if info["rate_per_s"]:
         lines.append(f"rate:      {info['rate_per_s']:,.1f} items/s (last 2 min), ETA "
                      f"{format_duration(info['eta_s'])}")
+    api = info.get("api")
+    if api:
+        lines.append(f"api:       {api['requests']:,} requests, {api['requests_per_min']:,.0f}/min lately, "
+                     f"{api['rate_limited']:,} answered 429, {api['tokens']:,} tokens, cost {api['cost']:.4f}")
     if info["last_commit_at"]:
         ago = time.time() - info["last_commit_at"]
         lines.append(f"last commit: {format_duration(ago)} ago")

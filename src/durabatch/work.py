@@ -107,6 +107,14 @@ def resolve(ref: str) -> Any:
     return obj
 
 
+def is_async_target(target: Any) -> bool:
+    """An `async def` function, or a class / object whose __call__ is one."""
+    if inspect.isfunction(target) or inspect.ismethod(target):
+        return inspect.iscoroutinefunction(target)
+    owner = target if inspect.isclass(target) else type(target)
+    return inspect.iscoroutinefunction(owner.__dict__.get("__call__") or getattr(owner, "__call__", None))  # noqa: B004
+
+
 def identity(target: Any) -> str:
     """module:qualname of a function, class or callable instance."""
     obj = target if inspect.isfunction(target) or inspect.isclass(target) else type(target)
@@ -131,6 +139,14 @@ class Work:
     def copy(self) -> Work:
         """An unprepared copy, for another worker."""
         return Work(self.target, self.batched, self.cleanup_every)
+
+    @property
+    def is_async(self) -> bool:
+        return self._is_async
+
+    def call(self, record: dict) -> Any:
+        """The function applied to one record (a coroutine for an async function)."""
+        return self._fn(record)
 
     def take_note(self) -> str | None:
         note, self.note = self.note, None

@@ -9,12 +9,14 @@ import queue
 import threading
 import time
 
+from ..limits import Limits, is_rate_limited
 from ..work import ItemError, Work
 from .base import Batch, BatchResult
 
 
 class ThreadEngine:
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, limits: Limits | None = None):
+        self.limits = limits
         self.slots = workers * 2  # one queued behind each running batch keeps every thread busy
         self.workers = workers
         self._todo: queue.Queue = queue.Queue()
@@ -48,11 +50,37 @@ class ThreadEngine:
                 return
             t0 = time.perf_counter()
             try:
-                outputs, errors = work.execute(batch.records)
+                outputs, errors = self._limited(work, batch.records) if self.limits else work.execute(batch.records)
             except BaseException as exc:  # noqa: BLE001 - never lose a batch: fail its items
                 error = ItemError.from_exception(exc)
                 outputs, errors = [None] * len(batch.records), dict.fromkeys(range(len(batch.records)), error)
             self._done.put(BatchResult(batch, outputs, errors, time.perf_counter() - t0, work.take_note()))
+
+    def _limited(self, work: Work, records: list[dict]) -> tuple[list, dict]:
+        """Sync API calls under the same limits as the asyncio engine: wait for the bucket, retry 429s."""
+        assert self.limits is not None
+        outputs: list = [None] * len(records)
+        errors: dict = {}
+        for i, record in enumerate(records):
+            while True:
+                limiter, estimate = self.limits.wait_sync(record)
+                self.limits.metrics.started()
+                out, errs = work.execute([record])
+                if errs and is_rate_limited(errs[0]):
+                    self.limits.metrics.finished(None)
+                    self.limits.metrics.rate_limited += 1
+                    limiter.on_rate_limited(errs[0].retry_after if errs[0].retry_after is not None else 1.0)
+                    continue
+                usage = self.limits.usage_of(out[0]) if not errs else None
+                limiter.used(estimate, usage)
+                if not errs:
+                    limiter.on_success()
+                self.limits.metrics.finished(usage)
+                outputs[i] = out[0]
+                if errs:
+                    errors[i] = errs[0]
+                break
+        return outputs, errors
 
     def submit(self, batch: Batch) -> None:
         self._in_flight += 1

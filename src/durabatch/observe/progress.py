@@ -21,6 +21,14 @@ def _line(stats: Stats) -> str:
     if stats.already_done:
         parts.append(f"resumed from {stats.already_done:,}")
     parts.append(f"committed {stats.committed:,}")
+    api = stats.extra
+    if api:
+        parts.append(f"in flight {api['in_flight']} | {api['requests_per_min']:,.0f} req/min | "
+                     f"429s {api['rate_limited']:,}")
+        if api["tokens"]:
+            parts.append(f"{api['tokens_per_min']:,.0f} tokens/min")
+        if api["cost"]:
+            parts.append(f"cost {api['cost']:.4f}")
     return " | ".join(parts)
 
 

@@ -1,0 +1,143 @@
+"""Async functions on one event loop in a background thread. Every item is its own task: a new call starts the
+moment one finishes (no batch barriers), up to a concurrency that adapts to 429s. Rate limits are shared by
+all tasks; a 429 waits as Retry-After says and is retried without charging an attempt; per-item timeouts cancel
+the call."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from typing import Any
+
+from ..errors import ConfigError
+from ..limits import Limits, is_rate_limited
+from ..work import ItemError, ItemTimeout, Work
+from .base import Batch, BatchResult
+
+
+class _Gate:
+    """A semaphore whose size adapts: cut to 70% on a 429, +1 after `size` successes, up to `ceiling`."""
+
+    def __init__(self, ceiling: int):
+        self.ceiling = ceiling
+        self.size = ceiling
+        self.busy = 0
+        self._wins = 0
+        self._cond = asyncio.Condition()
+
+    async def __aenter__(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.busy < self.size)
+            self.busy += 1
+
+    async def __aexit__(self, *exc: Any) -> None:
+        async with self._cond:
+            self.busy -= 1
+            self._cond.notify_all()
+
+    def cut(self) -> None:
+        self.size = max(1, int(self.size * 0.7))
+        self._wins = 0
+
+    def win(self) -> None:
+        self._wins += 1
+        if self._wins >= self.size and self.size < self.ceiling:
+            self.size += 1
+            self._wins = 0
+
+
+class AsyncEngine:
+    def __init__(self, concurrency: int, item_timeout: float | None = None, limits: Limits | None = None):
+        self.concurrency = concurrency
+        self.slots = concurrency * 4  # batches queued ahead so that a finishing call never waits for dispatch
+        self.item_timeout = item_timeout
+        self.limits = limits or Limits()
+        self._done: queue.Queue = queue.Queue()
+        self._in_flight = 0
+        self._tasks: set = set()
+
+    def start(self, work: Work) -> None:
+        work.prepare()
+        if not work.is_async and not work.batched:
+            raise ConfigError("the asyncio engine runs `async def` functions; use threads for sync ones")
+        self.work = work
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="durabatch-asyncio", daemon=True)
+        self._thread.start()
+        self.gate = asyncio.run_coroutine_threadsafe(self._make_gate(), self.loop).result()
+
+    async def _make_gate(self) -> _Gate:
+        return _Gate(self.concurrency)
+
+    def submit(self, batch: Batch) -> None:
+        self._in_flight += 1
+        asyncio.run_coroutine_threadsafe(self._run_batch(batch), self.loop)
+
+    async def _run_batch(self, batch: Batch) -> None:
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(self._run_item(r) for r in batch.records))
+        outputs = [out for out, _ in results]
+        errors = {i: err for i, (_, err) in enumerate(results) if err is not None}
+        self._done.put(BatchResult(batch, outputs, errors, time.perf_counter() - t0))
+
+    async def _run_item(self, record: dict) -> tuple[Any, ItemError | None]:
+        limiter = self.limits.for_record(record)
+        estimate = self.limits.estimate(record)
+        while True:
+            wait = limiter.wait_time(estimate)  # before taking a slot: waiting never holds one
+            if wait > 0:
+                await asyncio.sleep(wait)
+            async with self.gate:
+                self.limits.metrics.started()
+                try:
+                    coroutine = self.work.call(record)
+                    output = await (asyncio.wait_for(coroutine, self.item_timeout) if self.item_timeout else coroutine)
+                except TimeoutError:
+                    self.limits.metrics.finished(None)
+                    return None, ItemError("ItemTimeout", f"no result after {self.item_timeout:g}s (--item-timeout); "
+                                           "the call was cancelled", "", ("ItemTimeout", "TimeoutError"))
+                except Exception as exc:  # noqa: BLE001 - becomes the item's error
+                    error = ItemError.from_exception(exc)
+                    self.limits.metrics.finished(None)
+                    if is_rate_limited(error):
+                        limiter.on_rate_limited(error.retry_after if error.retry_after is not None else 1.0)
+                        self.limits.metrics.rate_limited += 1
+                        self.gate.cut()
+                        continue  # a 429 never fails an item: wait as told, then try again
+                    return None, error
+            usage = self.limits.usage_of(output)
+            limiter.used(estimate, usage)
+            limiter.on_success()
+            self.gate.win()
+            self.limits.metrics.finished(usage)
+            return output, None
+
+    def poll(self, timeout: float) -> list[BatchResult]:
+        results = []
+        try:
+            results.append(self._done.get(timeout=timeout) if timeout > 0 else self._done.get_nowait())
+            while True:
+                results.append(self._done.get_nowait())
+        except queue.Empty:
+            pass
+        self._in_flight -= len(results)
+        return results
+
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def close(self, cancel: bool = False) -> None:
+        async def cancel_all() -> None:
+            for task in asyncio.all_tasks(self.loop):
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        if cancel:
+            asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(timeout=5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+
+__all__ = ["AsyncEngine", "ItemTimeout"]

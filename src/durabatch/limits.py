@@ -1,0 +1,254 @@
+"""Rate limits for API workloads: requests- and tokens-per-minute buckets shared by every worker, a global pause
+when the provider says Retry-After, and adaptive limits that find a limit nobody stated (cut on 429, regrow
+slowly on success) and then hold it.
+
+Everything takes `clock` so tests of minute-long windows run in milliseconds. A bucket never sleeps itself: it
+returns how long the caller must wait, so the same object serves threads (time.sleep) and asyncio (await)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+Clock = Callable[[], float]
+
+
+class TokenBucket:
+    """`rate` tokens per second, bursts up to `capacity`. reserve(n) takes n tokens now, going into debt if
+    needed, and returns the seconds to wait before using them: callers queue in arrival order."""
+
+    def __init__(self, rate: float, capacity: float | None = None, clock: Clock = time.monotonic):
+        self.rate = rate
+        self.capacity = capacity if capacity is not None else max(1.0, rate)  # one second's worth
+        self.clock = clock
+        self._level = self.capacity
+        self._at = clock()
+        self._lock = threading.Lock()
+
+    def _refill(self, now: float) -> None:
+        self._level = min(self.capacity, self._level + (now - self._at) * self.rate)
+        self._at = now
+
+    def reserve(self, n: float = 1.0) -> float:
+        with self._lock:
+            now = self.clock()
+            self._refill(now)
+            self._level -= n
+            return 0.0 if self._level >= 0 else -self._level / self.rate
+
+    def refund(self, n: float) -> None:
+        """Give back (n > 0) or take more (n < 0) once the true cost is known, e.g. actual token usage."""
+        with self._lock:
+            self._refill(self.clock())
+            self._level = min(self.capacity, self._level + n)
+
+    def set_rate(self, rate: float) -> None:
+        with self._lock:
+            self._refill(self.clock())
+            self.rate = rate
+            self.capacity = max(1.0, rate)
+            self._level = min(self._level, self.capacity)
+
+
+@dataclass
+class AdaptiveRate:
+    """AIMD on the request rate when no limit was stated: unlimited until the first 429, then the rate achieved
+    just before it times `cut`; +`grow` of the rate per `every` seconds without a 429."""
+
+    cut: float = 0.85
+    grow: float = 0.02
+    every: float = 2.0
+    window: float = 5.0
+    clock: Clock = time.monotonic
+    rate: float | None = None  # requests per second; None = no limit found yet
+    _sent: deque = field(default_factory=deque)
+    _last_change: float = 0.0
+
+    def sent(self) -> None:
+        now = self.clock()
+        self._sent.append(now)
+        while self._sent and self._sent[0] < now - self.window:
+            self._sent.popleft()
+
+    def observed(self) -> float:
+        if len(self._sent) < 2:
+            return 0.0
+        span = max(self.clock() - self._sent[0], 1e-3)
+        return len(self._sent) / span
+
+    def on_rate_limited(self) -> float | None:
+        now = self.clock()
+        if now - self._last_change < 1.0:  # one cut per burst of 429s
+            return self.rate
+        base = self.observed() or (self.rate or 1.0)
+        self.rate = max(0.1, min(self.rate or base, base) * self.cut)
+        self._last_change = now
+        return self.rate
+
+    def on_success(self) -> float | None:
+        now = self.clock()
+        if self.rate is not None and now - self._last_change >= self.every:
+            self.rate *= 1 + self.grow
+            self._last_change = now
+        return self.rate
+
+
+class RateLimiter:
+    """One named limit (a provider or a model): rpm and tpm buckets, the Retry-After pause, and, without a
+    stated rpm, an adaptive rate. Thread-safe; `wait_time` is called before each request."""
+
+    def __init__(self, name: str = "default", rpm: float | None = None, tpm: float | None = None,
+                 tokens_per_item: float = 500.0, clock: Clock = time.monotonic):
+        self.name = name
+        self.clock = clock
+        self.tokens_per_item = tokens_per_item
+        self.requests = TokenBucket(rpm / 60, clock=clock) if rpm else None
+        self.tokens = TokenBucket(tpm / 60, capacity=max(tpm / 60, tokens_per_item), clock=clock) if tpm else None
+        self.adaptive = None if rpm else AdaptiveRate(clock=clock)
+        self._adaptive_bucket: TokenBucket | None = None
+        self.paused_until = 0.0
+        self.rate_limited = 0  # 429s seen
+        self._lock = threading.Lock()
+
+    def wait_time(self, tokens: float | None = None) -> float:
+        """Seconds to wait before sending one request estimated at `tokens` tokens (reserves them)."""
+        with self._lock:
+            now = self.clock()
+            wait = max(0.0, self.paused_until - now)
+            if self.requests is not None:
+                wait = max(wait, self.requests.reserve(1))
+            elif self._adaptive_bucket is not None:
+                wait = max(wait, self._adaptive_bucket.reserve(1))
+            if self.tokens is not None:
+                wait = max(wait, self.tokens.reserve(tokens if tokens is not None else self.tokens_per_item))
+            if self.adaptive is not None:
+                self.adaptive.sent()
+            return wait
+
+    def used(self, estimated: float | None, usage: dict | None) -> None:
+        """Correct the token bucket with what the call really used."""
+        if self.tokens is not None and usage is not None:
+            self.tokens.refund((estimated if estimated is not None else self.tokens_per_item) - usage["total"])
+
+    def on_success(self) -> None:
+        if self.adaptive is not None and self._adaptive_bucket is not None:
+            rate = self.adaptive.on_success()
+            if rate is not None:
+                self._adaptive_bucket.set_rate(rate)
+
+    def on_rate_limited(self, retry_after: float | None) -> None:
+        """A 429: pause everyone until Retry-After allows, and (without a stated limit) slow down."""
+        with self._lock:
+            self.rate_limited += 1
+            if retry_after:
+                self.paused_until = max(self.paused_until, self.clock() + retry_after)
+            if self.adaptive is not None:
+                rate = self.adaptive.on_rate_limited()
+                if rate is not None:
+                    if self._adaptive_bucket is None:
+                        self._adaptive_bucket = TokenBucket(rate, capacity=max(1.0, rate / 4), clock=self.clock)
+                    else:
+                        self._adaptive_bucket.set_rate(rate)
+
+
+def is_rate_limited(error: object) -> bool:
+    """HTTP 429 or a RateLimitError by name (openai, anthropic, ...), without importing those packages."""
+    status = getattr(error, "status", None)
+    kinds = getattr(error, "kinds", ()) or (getattr(error, "error_type", ""),)
+    return status == 429 or "RateLimitError" in kinds or "TooManyRequests" in kinds
+
+
+class ApiMetrics:
+    """What an API job shows: in flight, requests per minute achieved, 429s, tokens and cost so far."""
+
+    def __init__(self, price_input: float | None = None, price_output: float | None = None,
+                 clock: Clock = time.monotonic):
+        self.price_input, self.price_output = price_input, price_output  # per million tokens
+        self.clock = clock
+        self.in_flight = 0
+        self.requests = 0
+        self.rate_limited = 0
+        self.tokens = 0
+        self.cost = 0.0
+        self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of the last minute's answers
+        self._lock = threading.Lock()
+
+    def started(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.requests += 1
+
+    def finished(self, usage: dict | None) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            tokens = int(usage["total"]) if usage else 0
+            self.tokens += tokens
+            if usage and (self.price_input or self.price_output):
+                self.cost += (usage["prompt"] * (self.price_input or 0) +
+                              usage["completion"] * (self.price_output or 0)) / 1e6
+            now = self.clock()
+            self._recent.append((now, tokens))
+            while self._recent and self._recent[0][0] < now - 60:
+                self._recent.popleft()
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            now = self.clock()
+            recent = [(t, n) for t, n in self._recent if t >= now - 60]
+            span = min(60.0, max(1.0, now - recent[0][0])) if recent else 60.0
+            return {"in_flight": self.in_flight, "requests": self.requests, "rate_limited": self.rate_limited,
+                    "requests_per_min": len(recent) * 60 / span, "tokens": self.tokens,
+                    "tokens_per_min": sum(n for _, n in recent) * 60 / span, "cost": round(self.cost, 6)}
+
+
+def usage_of(output: object) -> dict | None:
+    """Token usage a function reported: an OpenAI-style `usage` mapping in its result dict."""
+    usage = output.get("usage") if isinstance(output, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens") or usage.get("input_tokens") or 0
+    completion = usage.get("completion_tokens") or usage.get("output_tokens") or 0
+    total = usage.get("total_tokens") or prompt + completion
+    return {"prompt": prompt, "completion": completion, "total": total}
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    rpm: float | None = None
+    tpm: float | None = None
+
+
+class Limits:
+    """The job's limits: one RateLimiter per name (a provider or a model), chosen per record by the field
+    `limit_by`; "default" otherwise."""
+
+    def __init__(self, specs: dict[str, LimitSpec] | None = None, limit_by: str | None = None,
+                 tokens_per_item: float = 500.0, metrics: ApiMetrics | None = None, clock: Clock = time.monotonic):
+        specs = specs or {"default": LimitSpec()}
+        self.limiters = {name: RateLimiter(name, s.rpm, s.tpm, tokens_per_item, clock) for name, s in specs.items()}
+        self.limit_by = limit_by
+        self.tokens_per_item = tokens_per_item
+        self.metrics = metrics or ApiMetrics(clock=clock)
+
+    def for_record(self, record: dict) -> RateLimiter:
+        name = record.get(self.limit_by) if self.limit_by else None
+        return self.limiters.get(str(name)) or self.limiters.get("default") or next(iter(self.limiters.values()))
+
+    def estimate(self, record: dict) -> float:
+        return self.tokens_per_item
+
+    @staticmethod
+    def usage_of(output: object) -> dict | None:
+        return usage_of(output)
+
+    def wait_sync(self, record: dict) -> tuple[RateLimiter, float]:
+        """For threads: block until a request may go; returns the limiter and the token estimate."""
+        limiter = self.for_record(record)
+        estimate = self.estimate(record)
+        wait = limiter.wait_time(estimate)
+        if wait > 0:
+            time.sleep(wait)
+        return limiter, estimate
