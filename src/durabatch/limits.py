@@ -105,7 +105,9 @@ class RateLimiter:
         self.name = name
         self.clock = clock
         self.tokens_per_item = tokens_per_item
-        self.requests = TokenBucket(rpm / 60, clock=clock) if rpm else None
+        # Providers count requests in fixed windows: a bucket at 96% of the rate with a burst of 4% of a second's
+        # worth never puts more than the limit in any one-second window, and still uses 96% of it.
+        self.requests = TokenBucket(0.96 * rpm / 60, capacity=max(1.0, 0.04 * rpm / 60), clock=clock) if rpm else None
         self.tokens = TokenBucket(tpm / 60, capacity=max(tpm / 60, tokens_per_item), clock=clock) if tpm else None
         self.adaptive = None if rpm else AdaptiveRate(clock=clock)
         self._adaptive_bucket: TokenBucket | None = None
@@ -127,6 +129,9 @@ class RateLimiter:
             if self.adaptive is not None:
                 self.adaptive.sent()
             return wait
+
+    def pause_left(self) -> float:
+        return max(0.0, self.paused_until - self.clock())
 
     def used(self, estimated: float | None, usage: dict | None) -> None:
         """Correct the token bucket with what the call really used."""
@@ -165,8 +170,10 @@ class ApiMetrics:
     """What an API job shows: in flight, requests per minute achieved, 429s, tokens and cost so far."""
 
     def __init__(self, price_input: float | None = None, price_output: float | None = None,
-                 clock: Clock = time.monotonic):
+                 max_tokens: int | None = None, max_cost: float | None = None, clock: Clock = time.monotonic):
         self.price_input, self.price_output = price_input, price_output  # per million tokens
+        self.max_tokens, self.max_cost = max_tokens, max_cost
+        self.over_budget: str | None = None
         self.clock = clock
         self.in_flight = 0
         self.requests = 0
@@ -180,6 +187,21 @@ class ApiMetrics:
         with self._lock:
             self.in_flight += 1
             self.requests += 1
+
+    def try_start(self, estimate: float) -> bool:
+        """Start a call unless it could pass a budget (counting calls in flight at the average cost so far)."""
+        with self._lock:
+            done = max(1, self.requests - self.in_flight)
+            per_call = max(self.tokens / done, estimate) if self.requests > self.in_flight else estimate
+            if self.max_tokens and self.tokens + (self.in_flight + 1) * per_call > self.max_tokens:
+                self.over_budget = f"{self.tokens:,} tokens used of --max-tokens {self.max_tokens:,}"
+                return False
+            if self.max_cost and self.cost + (self.in_flight + 1) * self.cost / done > self.max_cost:
+                self.over_budget = f"{self.cost:.4f} spent of --max-cost {self.max_cost:g}"
+                return False
+            self.in_flight += 1
+            self.requests += 1
+            return True
 
     def finished(self, usage: dict | None) -> None:
         with self._lock:

@@ -223,21 +223,12 @@ class _Run:
         wanted = self.engine_name == "asyncio" or (self.engine_name == "threads" and (s.rpm or s.tpm or s.limits))
         if not wanted:
             return None
-        return Limits(specs, s.limit_by, s.tokens_per_item, ApiMetrics(s.price_input, s.price_output))
+        return Limits(specs, s.limit_by, s.tokens_per_item,
+                      ApiMetrics(s.price_input, s.price_output, s.max_tokens, s.max_cost))
 
     def _over_budget(self) -> str | None:
-        """Stop before a budget would be passed, counting what is in flight at the average cost so far."""
-        if self.limits is None:
-            return None
-        m = self.limits.metrics
-        done = max(1, m.requests - m.in_flight)
-        if self.settings.max_tokens and m.tokens + (m.in_flight + 1) * max(m.tokens / done,
-                                                                           self.settings.tokens_per_item) \
-                > self.settings.max_tokens:
-            return f"budget: {m.tokens:,} tokens used of --max-tokens {self.settings.max_tokens:,}"
-        if self.settings.max_cost and m.cost + (m.in_flight + 1) * m.cost / done > self.settings.max_cost:
-            return f"budget: {m.cost:.4f} spent of --max-cost {self.settings.max_cost:g}"
-        return None
+        """The engine refuses calls that could pass a budget and says so in its metrics."""
+        return self.limits.metrics.over_budget if self.limits is not None else None
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def _loop(self, engine: Engine, t0: float) -> None:
@@ -298,6 +289,9 @@ class _Run:
         """After a stop request: let in-flight batches finish within the grace period. True if some did not."""
         if not self.stop.requested:
             return False
+        stop_starting = getattr(engine, "stop_starting", None)
+        if stop_starting is not None:
+            stop_starting()
         if self.stop.reason != "error" and engine.in_flight():
             self.observers.on_message(f"{self.stop.reason}: finishing {engine.in_flight()} batch(es) in flight "
                                       f"(up to {self.settings.grace_seconds:.0f}s), then committing; "
@@ -358,7 +352,7 @@ class _Run:
                     self.stats.done += 1
                 elif error.error_type == "WorkerDied":
                     self._worker_died(pos, key, batch.records[i], error, batch.attempt)
-                else:
+                elif error.error_type != "NotStarted":  # not started because the run stopped: next run does it
                     self._failed(pos, key, batch.records[i], error, batch.attempt)
         self._slowest = max(result.seconds, self._slowest * 0.99)
         self.dispatch.observe(result.seconds, len(batch.positions))

@@ -14,7 +14,9 @@ from typing import Any
 from ..errors import ConfigError
 from ..limits import Limits, is_rate_limited
 from ..work import ItemError, ItemTimeout, Work
-from .base import Batch, BatchResult
+from .base import NOT_STARTED, Batch, BatchResult
+
+_PAUSED, _RETRY = object(), object()
 
 
 class _Gate:
@@ -56,6 +58,7 @@ class AsyncEngine:
         self.limits = limits or Limits()
         self._done: queue.Queue = queue.Queue()
         self._in_flight = 0
+        self._stopping = False
         self._tasks: set = set()
 
     def start(self, work: Work) -> None:
@@ -89,30 +92,56 @@ class AsyncEngine:
             wait = limiter.wait_time(estimate)  # before taking a slot: waiting never holds one
             if wait > 0:
                 await asyncio.sleep(wait)
+            if self._stopping:
+                return None, NOT_STARTED
             async with self.gate:
-                self.limits.metrics.started()
-                try:
-                    coroutine = self.work.call(record)
-                    output = await (asyncio.wait_for(coroutine, self.item_timeout) if self.item_timeout else coroutine)
-                except TimeoutError:
-                    self.limits.metrics.finished(None)
-                    return None, ItemError("ItemTimeout", f"no result after {self.item_timeout:g}s (--item-timeout); "
-                                           "the call was cancelled", "", ("ItemTimeout", "TimeoutError"))
-                except Exception as exc:  # noqa: BLE001 - becomes the item's error
-                    error = ItemError.from_exception(exc)
-                    self.limits.metrics.finished(None)
-                    if is_rate_limited(error):
-                        limiter.on_rate_limited(error.retry_after if error.retry_after is not None else 1.0)
-                        self.limits.metrics.rate_limited += 1
-                        self.gate.cut()
-                        continue  # a 429 never fails an item: wait as told, then try again
-                    return None, error
+                pause = limiter.pause_left()  # a 429 may have come in while this task waited for a slot
+                if self._stopping:
+                    output = NOT_STARTED
+                elif pause > 0:
+                    output = _PAUSED
+                else:
+                    output = await self._call(record, limiter)
+            if output is _PAUSED:
+                await asyncio.sleep(pause)
+                continue
+            if output is _RETRY:
+                continue
+            if isinstance(output, ItemError):
+                return None, output
             usage = self.limits.usage_of(output)
             limiter.used(estimate, usage)
             limiter.on_success()
             self.gate.win()
             self.limits.metrics.finished(usage)
             return output, None
+
+    async def _call(self, record: dict, limiter: Any) -> Any:
+        """The call itself: its output, an ItemError, or _RETRY after a 429 (never an item failure)."""
+        if not self.limits.metrics.try_start(self.limits.estimate(record)):
+            self._stopping = True  # a budget would be passed: the runner sees it and stops
+            return NOT_STARTED
+        try:
+            coroutine = self.work.call(record)
+            return await (asyncio.wait_for(coroutine, self.item_timeout) if self.item_timeout else coroutine)
+        except TimeoutError:
+            self.limits.metrics.finished(None)
+            return ItemError("ItemTimeout", f"no result after {self.item_timeout:g}s (--item-timeout); "
+                             "the call was cancelled", "", ("ItemTimeout", "TimeoutError"))
+        except Exception as exc:  # noqa: BLE001 - becomes the item's error
+            error = ItemError.from_exception(exc)
+            self.limits.metrics.finished(None)
+            if is_rate_limited(error):
+                limiter.on_rate_limited(error.retry_after if error.retry_after is not None else 1.0)
+                self.limits.metrics.rate_limited += 1
+                self.gate.cut()
+                return _RETRY  # a 429 never fails an item: wait as told, then try again
+            return error
+
+    def stop_starting(self) -> None:
+        """A stop was asked for (budget, deadline, signal): calls not yet started never start; those items come
+        back as NotStarted and are simply done by the next run."""
+        self._stopping = True
 
     def poll(self, timeout: float) -> list[BatchResult]:
         results = []

@@ -29,6 +29,9 @@ class BatchResult:
     note: str | None = None  # e.g. the batch function ran out of memory and continues with smaller batches
 
 
+NOT_STARTED = ItemError("NotStarted", "not started: the run was stopping", "")  # not a failure: redone next run
+
+
 class Engine(Protocol):
     slots: int
     """How many batches may be in flight at once; the runner never submits more."""

@@ -11,7 +11,7 @@ import time
 
 from ..limits import Limits, is_rate_limited
 from ..work import ItemError, Work
-from .base import Batch, BatchResult
+from .base import NOT_STARTED, Batch, BatchResult
 
 
 class ThreadEngine:
@@ -64,7 +64,9 @@ class ThreadEngine:
         for i, record in enumerate(records):
             while True:
                 limiter, estimate = self.limits.wait_sync(record)
-                self.limits.metrics.started()
+                if not self.limits.metrics.try_start(estimate):
+                    outputs[i], errors[i] = None, NOT_STARTED
+                    break
                 out, errs = work.execute([record])
                 if errs and is_rate_limited(errs[0]):
                     self.limits.metrics.finished(None)

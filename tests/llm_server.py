@@ -1,0 +1,190 @@
+"""A local OpenAI-compatible server for tests, benchmarks and examples: /v1/chat/completions with a
+configurable latency distribution, RPM/TPM limits enforced per window with 429 + Retry-After, injectable
+errors (500s, hangs, malformed JSON), deterministic answers and `usage`. Binds 127.0.0.1 only.
+
+    python tests/llm_server.py --rpm 3000 --port 8011     # serve until Ctrl-C
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class ServerConfig:
+    rpm: float | None = None  # requests per minute, enforced per `window` seconds (as providers do)
+    tpm: float | None = None
+    window: float = 1.0
+    latency_median: float = 0.05  # lognormal
+    latency_sigma: float = 0.3
+    tail_fraction: float = 0.0  # this share of requests take tail_latency instead
+    tail_latency: float = 0.5
+    error_rate: float = 0.0  # 500s
+    hang_rate: float = 0.0  # never answer (until hang_seconds)
+    hang_seconds: float = 30.0
+    malformed_rate: float = 0.0  # 200 with a body that is not JSON
+    reject_until: float = 0.0  # answer 429 to everything for this many seconds after start (a burst)
+    seed: int = 0
+
+
+@dataclass
+class Log:
+    arrivals: list[float] = field(default_factory=list)
+    rejections: list[tuple[float, float]] = field(default_factory=list)  # (time, retry_after)
+    ok: int = 0
+    errors: int = 0
+
+
+def answer_for(prompt: str) -> str:
+    """The deterministic answer to a prompt: one of A-D, from its hash."""
+    return "ABCD"[hashlib.sha256(prompt.encode()).digest()[0] % 4]
+
+
+class LLMServer:
+    def __init__(self, config: ServerConfig | None = None, port: int = 0):
+        self.config = config or ServerConfig()
+        self.log = Log()
+        self._rng = random.Random(self.config.seed)
+        self._lock = threading.Lock()
+        self._window_start = 0.0
+        self._window_requests = 0
+        self._window_tokens = 0.0
+        self.started = time.monotonic()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> LLMServer:
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # -- the rules ---------------------------------------------------------------------------------------------
+    def admit(self, tokens: float) -> float | None:
+        """None to serve the request, else the Retry-After (seconds) of a 429."""
+        c = self.config
+        with self._lock:
+            now = time.monotonic()
+            self.log.arrivals.append(now)
+            if now - self.started < c.reject_until:
+                wait = c.reject_until - (now - self.started)
+                self.log.rejections.append((now, wait))
+                return wait
+            if now - self._window_start >= c.window:
+                self._window_start = now - (now - self.started) % c.window
+                self._window_requests = 0
+                self._window_tokens = 0.0
+            over_requests = c.rpm is not None and self._window_requests + 1 > c.rpm * c.window / 60
+            over_tokens = c.tpm is not None and self._window_tokens + tokens > c.tpm * c.window / 60
+            if over_requests or over_tokens:
+                wait = max(0.001, self._window_start + c.window - now)
+                self.log.rejections.append((now, wait))
+                return wait
+            self._window_requests += 1
+            self._window_tokens += tokens
+            return None
+
+    def latency(self) -> float:
+        c = self.config
+        with self._lock:
+            if self._rng.random() < c.tail_fraction:
+                return c.tail_latency
+            return c.latency_median * math.exp(self._rng.gauss(0, c.latency_sigma))
+
+    def fault(self) -> str | None:
+        c = self.config
+        with self._lock:
+            r = self._rng.random()
+        if r < c.error_rate:
+            return "error"
+        if r < c.error_rate + c.hang_rate:
+            return "hang"
+        if r < c.error_rate + c.hang_rate + c.malformed_rate:
+            return "malformed"
+        return None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # quiet
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                length = int(self.headers.get("Content-Length", 0))
+                request = json.loads(self.rfile.read(length) or b"{}")
+                if not self.path.endswith("/chat/completions"):
+                    return self._send(404, b'{"error": {"message": "not found"}}')
+                prompt = "\n".join(str(m.get("content", "")) for m in request.get("messages", []))
+                prompt_tokens = len(prompt) // 4 + 1
+                retry_after = server.admit(prompt_tokens + 5)
+                if retry_after is not None:
+                    body = json.dumps({"error": {"message": "Rate limit reached", "type": "rate_limit_exceeded",
+                                                 "code": "rate_limit_exceeded"}}).encode()
+                    return self._send(429, body, {"retry-after": f"{retry_after:.3f}",
+                                                  "retry-after-ms": str(int(retry_after * 1000)),
+                                                  "x-ratelimit-reset-requests": f"{retry_after:.3f}s"})
+                fault = server.fault()
+                time.sleep(server.latency() if fault != "hang" else server.config.hang_seconds)
+                if fault == "error":
+                    server.log.errors += 1
+                    return self._send(500, b'{"error": {"message": "internal error", "type": "server_error"}}')
+                if fault == "malformed":
+                    return self._send(200, b'{"id": "chatcmpl-x", "choices": [')
+                letter = answer_for(prompt)
+                body = {
+                    "id": "chatcmpl-" + hashlib.sha256(prompt.encode()).hexdigest()[:12], "object": "chat.completion",
+                    "created": int(time.time()), "model": request.get("model", "local"),
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": f"Answer: {letter}"}}],
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 3,
+                              "total_tokens": prompt_tokens + 3},
+                }
+                server.log.ok += 1
+                self._send(200, json.dumps(body).encode())
+
+        return Handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8011)
+    parser.add_argument("--rpm", type=float)
+    parser.add_argument("--tpm", type=float)
+    parser.add_argument("--latency", type=float, default=0.05)
+    args = parser.parse_args()
+    with LLMServer(ServerConfig(rpm=args.rpm, tpm=args.tpm, latency_median=args.latency), port=args.port) as s:
+        print(f"serving {s.url}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

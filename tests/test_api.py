@@ -1,0 +1,112 @@
+"""API workloads against a real local OpenAI-compatible server: 429 bursts, Retry-After, unstated limits,
+budgets, the thread engine under the same limits, and the API key kept out of the run directory."""
+
+from __future__ import annotations
+
+import os
+
+import apifns
+import pyarrow.parquet as pq
+import pytest
+from llm_server import LLMServer, ServerConfig, answer_for
+
+import durabatch
+
+pytest.importorskip("openai")
+SECRET = "sk-test-durabatch-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def api_env(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+
+
+def questions(n):
+    return [{"id": i, "question": f"Question {i}: which letter?"} for i in range(n)]
+
+
+def run(tmp_path, server, n, **kw):
+    os.environ["LLM_BASE_URL"] = server.url
+    kw.setdefault("progress", "off")
+    return durabatch.run(apifns.AskAsync, questions(n), key="id", run_dir=tmp_path / "run", **kw)
+
+
+def answers(tmp_path):
+    durabatch.export(tmp_path / "run", to=tmp_path / "o.parquet")
+    table = pq.read_table(tmp_path / "o.parquet")
+    return dict(zip(table.column("id").to_pylist(), table.column("answer").to_pylist(), strict=True))
+
+
+def test_streaming_results_are_exactly_once_and_correct(tmp_path):
+    with LLMServer(ServerConfig(latency_median=0.02)) as server:
+        summary = run(tmp_path, server, 200, concurrency=16)
+    assert summary.exit_code == 0 and summary.done == 200
+    assert answers(tmp_path) == {i: answer_for(q["question"]) for i, q in enumerate(questions(200))}
+
+
+def test_a_burst_of_429s_fails_no_item_and_retry_after_is_obeyed(tmp_path):
+    with LLMServer(ServerConfig(latency_median=0.01, reject_until=1.5)) as server:
+        summary = run(tmp_path, server, 100, concurrency=8)
+        log = server.log
+    assert summary.exit_code == 0 and summary.done == 100 and summary.failed_total == 0
+    assert log.rejections  # the burst happened
+    # After a 429 says "wait", nothing new is sent before then: the only arrivals inside the window are calls that
+    # were already under way when the 429 came back (at most the concurrency), never the 90 items still waiting.
+    for at, wait in log.rejections:
+        early = [round(t - at, 3) for t in log.arrivals if at + 0.01 < t < at + wait - 0.01]
+        assert len(early) <= 8, f"{len(early)} requests sent within a Retry-After of {wait:.2f}s: {early}"
+
+
+def test_an_unstated_limit_is_found_and_held(tmp_path):
+    # 6,000 rpm enforced per 1 s window = 100 requests/s; the job states no limit.
+    with LLMServer(ServerConfig(rpm=6000, window=1.0, latency_median=0.01)) as server:
+        summary = run(tmp_path, server, 1500, concurrency=32)
+        log = server.log
+    assert summary.exit_code == 0 and summary.done == 1500
+    settle = log.arrivals[0] + 3.0  # "after the first minute", scaled
+    later = [t for t, _ in log.rejections if t > settle]
+    later_requests = [t for t in log.arrivals if t > settle]
+    assert len(later) < 0.05 * len(later_requests), (len(later), len(later_requests))
+    elapsed = log.arrivals[-1] - log.arrivals[0]
+    assert 1500 / elapsed > 0.6 * 100  # and the limit is used, not starved
+
+
+def test_stated_rpm_is_never_exceeded(tmp_path):
+    with LLMServer(ServerConfig(rpm=3000, window=1.0, latency_median=0.01)) as server:
+        summary = run(tmp_path, server, 200, concurrency=32, rpm=3000)
+        rejected = len(server.log.rejections)
+    assert summary.exit_code == 0 and rejected <= 2
+
+
+def test_sync_client_on_threads_gets_the_same_limits(tmp_path):
+    os.environ["LLM_BASE_URL"] = ""
+    with LLMServer(ServerConfig(rpm=3000, window=1.0, latency_median=0.01, reject_until=0.5)) as server:
+        os.environ["LLM_BASE_URL"] = server.url
+        summary = durabatch.run(apifns.AskSync, questions(120), key="id", run_dir=tmp_path / "run",
+                                engine="threads", workers=8, rpm=3000, progress="off")
+    assert summary.exit_code == 0 and summary.done == 120
+
+
+def test_budget_stops_with_75_and_resumes_with_a_larger_one(tmp_path):
+    with LLMServer(ServerConfig(latency_median=0.01)) as server:
+        first = run(tmp_path, server, 300, concurrency=4, max_tokens=1000, tokens_per_item=10)
+        assert first.exit_code == 75 and 0 < first.done < 300
+        info = durabatch.status(tmp_path / "run")
+        assert info["api"]["tokens"] <= 1000
+        second = run(tmp_path, server, 300, concurrency=4)
+    assert second.exit_code == 0
+    assert len(answers(tmp_path)) == 300
+
+
+def test_server_errors_are_retried_and_malformed_answers_fail_cleanly(tmp_path):
+    with LLMServer(ServerConfig(latency_median=0.005, error_rate=0.2, seed=3)) as server:
+        summary = run(tmp_path, server, 100, concurrency=8, max_attempts=6, backoff_base=0.01)
+    assert summary.exit_code == 0  # 500s are transient: retried until they pass
+
+
+def test_the_api_key_is_written_nowhere(tmp_path):
+    with LLMServer(ServerConfig(latency_median=0.005, error_rate=0.1)) as server:
+        run(tmp_path, server, 50, concurrency=4, max_attempts=1, progress="plain")
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
