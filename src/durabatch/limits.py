@@ -105,9 +105,10 @@ class RateLimiter:
         self.name = name
         self.clock = clock
         self.tokens_per_item = tokens_per_item
-        # Providers count requests in fixed windows: a bucket at 96% of the rate with a burst of 4% of a second's
-        # worth never puts more than the limit in any one-second window, and still uses 96% of it.
-        self.requests = TokenBucket(0.96 * rpm / 60, capacity=max(1.0, 0.04 * rpm / 60), clock=clock) if rpm else None
+        # Providers count requests in fixed windows: a bucket at 98.5% of the rate with a burst of 1.5% of a
+        # second's worth never puts more than the limit in any one-second window, and still uses 98.5% of it.
+        self.requests = TokenBucket(0.985 * rpm / 60, capacity=max(1.0, 0.015 * rpm / 60), clock=clock) if rpm \
+            else None
         self.tokens = TokenBucket(tpm / 60, capacity=max(tpm / 60, tokens_per_item), clock=clock) if tpm else None
         self.adaptive = None if rpm else AdaptiveRate(clock=clock)
         self._adaptive_bucket: TokenBucket | None = None

@@ -1,0 +1,27 @@
+"""The evaluation call: one chat completion per question with the official openai client. The endpoint comes
+from OPENAI_BASE_URL (any OpenAI-compatible server), the key from OPENAI_API_KEY; neither is a job setting, so
+neither is written to the run directory or the logs."""
+
+from __future__ import annotations
+
+import os
+import re
+
+
+class AskModel:
+    model = os.environ.get("LLM_EVAL_MODEL", "gpt-4o-mini")
+
+    def setup(self) -> None:
+        from openai import AsyncOpenAI
+
+        # max_retries=0: durabatch retries, waits on 429s and keeps the rate; the client must not double it.
+        self.client = AsyncOpenAI(max_retries=0, timeout=60)
+
+    async def __call__(self, item: dict) -> dict:
+        response = await self.client.chat.completions.create(
+            model=self.model, temperature=0, messages=[{"role": "user", "content": item["question"]}])
+        text = response.choices[0].message.content or ""
+        match = re.search(r"\b([ABCD])\b", text.upper())
+        given = match.group(1) if match else None
+        return {"given": given, "correct": given == item["answer"], "reply": text[:200],
+                "usage": response.usage.model_dump() if response.usage else None}
