@@ -13,8 +13,9 @@ import pytest
 pytest.importorskip("openai")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from examples.llm_eval.questions import generate  # noqa: E402
 from llm_server import answer_for  # noqa: E402
+
+from examples.llm_eval.questions import generate  # noqa: E402
 
 SECRET = "sk-eval-secret-42"
 
