@@ -170,3 +170,20 @@ def slow_digest(record: dict) -> dict:
 
     time.sleep(0.0001)
     return digest(record)
+
+
+def sentences(record: dict) -> list[dict]:
+    """Split a document into its sentences (segments)."""
+    if record.get("broken"):
+        raise ValueError("cannot split this one")
+    return [{"text": s.strip()} for s in record["text"].split(".") if s.strip()]
+
+
+def shout(segment: dict) -> dict:
+    if "poison" in segment["text"]:
+        raise ValueError("poisoned segment")
+    return {"upper": segment["text"].upper()}
+
+
+def join_upper(record: dict, outputs: list) -> dict:
+    return {"n_segments": len(outputs), "summary": " / ".join(o["upper"] for o in outputs)}

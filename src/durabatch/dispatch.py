@@ -12,6 +12,7 @@ from typing import Any
 
 from .engines import Batch
 from .errors import InputError
+from .fanout import FanIn
 from .plan import Plan
 from .settings import JobSettings
 from .sources import BadRow, Source
@@ -21,7 +22,8 @@ BadRowHook = Callable[[int, str, str], None]  # (position, where, message): rais
 
 class Dispatch:
     def __init__(self, source: Source, plan: Plan, settings: JobSettings, suspects: set[int],
-                 on_bad_row: BadRowHook, clock: Callable[[], float] = time.monotonic):
+                 on_bad_row: BadRowHook, fanin: FanIn | None = None, clock: Callable[[], float] = time.monotonic):
+        self.fanin = fanin
         self.source, self.plan, self.settings = source, plan, settings
         self.suspects = suspects
         self.on_bad_row = on_bad_row
@@ -130,4 +132,8 @@ class Dispatch:
                     raise InputError(f"duplicate key {self.key_column}={value!r}: {seen[value]} and "
                                      f"{src.where(line)}. Pass --dedupe to keep the first occurrence.")
                 seen[value] = src.where(line)
+            if self.fanin is not None:
+                for segment in self.fanin.split(pos, value, record):
+                    yield pos, value, segment
+                continue
             yield pos, value, record

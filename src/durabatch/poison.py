@@ -31,7 +31,7 @@ class Journal:
         self.durable = durable
 
     def dispatched(self, batch: Batch, solo: bool) -> None:
-        entry = {"b": batch.id, "spans": intervals.from_sorted(sorted(batch.positions))}
+        entry = {"b": batch.id, "spans": intervals.from_sorted(sorted(set(batch.positions)))}
         if solo or len(batch.keys) == 1:
             entry["solo"] = solo
             entry["key"] = None if batch.keys[0] is None else str(batch.keys[0])

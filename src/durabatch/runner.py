@@ -16,6 +16,7 @@ from .committer import Committer, Pending
 from .dispatch import Dispatch
 from .engines import BatchResult, Engine, make_engine
 from .errors import ConfigError, DurabatchError, InputError
+from .fanout import Combine, FanIn, Split, default_combine
 from .ledger import Failure, ItemState, Ledger, RunDir, run_lock
 from .limits import ApiMetrics, Limits, LimitSpec
 from .observe import Observer, Observers, Stats
@@ -57,32 +58,39 @@ class RunSummary:
 
 def run(fn: Any, source: Any = None, *, key: str | None = None, run_dir: str | None = None,
         batch_size: int | None = None, workers: int = 1, engine: str | None = None,
+        split: Split | None = None, combine: Combine | None = None,
         observers: list[Observer] | None = None, **settings: Any) -> RunSummary:
     """Run fn over source as a durable job in run_dir; re-running the same call resumes.
 
     fn: a function (record -> dict), a batch function (with batch_size: records -> list), a class (instantiated
-    once per worker, setup() called) or "package.module:name". Other settings: see JobSettings."""
+    once per worker, setup() called) or "package.module:name". split(record) -> segments makes fn run on each
+    segment, and combine(record, outputs) -> result groups them back (one committed row per input).
+    Other settings: see JobSettings."""
     values = {"key": key, "run_dir": run_dir, "batch_size": batch_size, "workers": workers, "engine": engine,
               **settings}
     from .settings import merge
 
     config = merge(("arguments", {k: v for k, v in values.items() if v is not None}))
-    return run_job(fn, source, config, observers or [])
+    return run_job(fn, source, config, observers or [], split, combine)
 
 
-def run_job(fn: Any, source: Any, settings: JobSettings, observers: list[Observer]) -> RunSummary:
+def run_job(fn: Any, source: Any, settings: JobSettings, observers: list[Observer], split: Any = None,
+            combine: Any = None) -> RunSummary:
     if settings.run_dir is None:
         raise ConfigError("run_dir is required: where the ledger and results of this job live")
     target = resolve(fn) if isinstance(fn, str) else fn
     if target is None:
         raise ConfigError("fn is required: package.module:callable")
+    split = split or (resolve(settings.split) if settings.split else None)
+    combine = combine or (resolve(settings.combine) if settings.combine else None)
+    fanin = FanIn(split, combine or default_combine) if split else None
     src = open_source(source if source is not None else settings.input or _missing_input())
     rd = RunDir(settings.run_dir)
     rd.create()
     with run_lock(rd):
         ledger = Ledger.open(rd)
         try:
-            return _Run(target, src, settings, rd, ledger, observers).execute()
+            return _Run(target, src, settings, rd, ledger, observers, fanin).execute()
         finally:
             ledger.close()
 
@@ -93,8 +101,9 @@ def _missing_input() -> Any:
 
 class _Run:
     def __init__(self, target: Any, source: Source, settings: JobSettings, rd: RunDir, ledger: Ledger,
-                 observers: list[Observer]):
+                 observers: list[Observer], fanin: FanIn | None = None):
         self.target, self.source, self.settings, self.rd, self.ledger = target, source, settings, rd, ledger
+        self.fanin = fanin
         self.key_column = settings.key or "_key"
         self.retry = RetryPolicy(max_attempts=settings.max_attempts,
                                  backoff=full_jitter(settings.backoff_base, settings.backoff_max),
@@ -115,6 +124,9 @@ class _Run:
         t0 = time.monotonic()
         wall_deadline(self.settings.deadline, self.settings.deadline_at, time.time())  # bad values fail early
         current = job.fingerprint(self.target, self.settings, self.source.identity())
+        if self.fanin is not None:
+            current["fan_out"] = {"split": job.code_hash(self.fanin.split_fn),
+                                  "combine": job.code_hash(self.fanin.combine_fn)}
         messages = check_fingerprint(self.ledger, current, self.settings.allow_changed)
         self._write_job_json(current)
         run_id = self.ledger.start_run(0)
@@ -180,7 +192,7 @@ class _Run:
                              parse_size(self.settings.max_worker_memory), self.settings.concurrency, self.limits)
         engine.start(Work(self.target, self.settings.batch_size is not None, self.settings.cleanup_every))
         self.memory = MemoryWatch(parse_size(self.settings.max_memory), parse_size(self.settings.max_gpu_memory))
-        self.dispatch = Dispatch(self.source, self.plan, self.settings, suspects, self._bad_row)
+        self.dispatch = Dispatch(self.source, self.plan, self.settings, suspects, self._bad_row, self.fanin)
         self.journal = poison.Journal(self.rd.inflight, durable=self.settings.at_most_once)
         self.committer = Committer(self.ledger, self.rd, self.settings.output_format, self.key_column, run_id)
         self.stop.install()
@@ -320,11 +332,14 @@ class _Run:
             self.observers.on_message(result.note)
         if batch.solo:
             self._solo_in_flight = False
-        if not result.errors:
+        if not result.errors and self.fanin is None:
             pending.positions.extend(batch.positions)
             pending.keys.extend(batch.keys)
             pending.outputs.extend(result.outputs)
             self.stats.done += len(batch.positions)
+        elif not result.errors:
+            for i, (pos, key) in enumerate(zip(batch.positions, batch.keys, strict=True)):
+                self._succeeded(pos, key, batch.records[i], result.outputs[i])
         elif self.settings.at_most_once and any(e.error_type in ("WorkerDied", "ItemTimeout")
                                                 for e in result.errors.values()):
             for i, (pos, key) in enumerate(zip(batch.positions, batch.keys, strict=True)):
@@ -346,36 +361,64 @@ class _Run:
             for i, (pos, key) in enumerate(zip(batch.positions, batch.keys, strict=True)):
                 error = result.errors.get(i)
                 if error is None:
-                    pending.positions.append(pos)
-                    pending.keys.append(key)
-                    pending.outputs.append(result.outputs[i])
-                    self.stats.done += 1
+                    self._succeeded(pos, key, batch.records[i], result.outputs[i])
                 elif error.error_type == "WorkerDied":
                     self._worker_died(pos, key, batch.records[i], error, batch.attempt)
                 elif error.error_type != "NotStarted":  # not started because the run stopped: next run does it
                     self._failed(pos, key, batch.records[i], error, batch.attempt)
         self._slowest = max(result.seconds, self._slowest * 0.99)
         self.dispatch.observe(result.seconds, len(batch.positions))
+        self._drain_fanin()
 
     def _failed(self, pos: int, key: Any, record: dict, error: ItemError, attempt: int) -> None:
         if self.retry.should_retry(error, attempt) and not self.stop.requested:
             self.dispatch.retry_later(pos, key, record, attempt + 1, self.retry.delay(error, attempt))
             return
-        self.pending.failures.append(Failure(pos, key, error.error_type, error.message, error.traceback, attempt))
+        self._finally_failed(record, Failure(pos, key, error.error_type, error.message, error.traceback, attempt))
+
+    def _succeeded(self, pos: int, key: Any, record: dict, output: Any) -> None:
+        if self.fanin is not None:
+            self.fanin.done(record, output)  # a segment: its document completes when the last one does
+            return
+        self.pending.positions.append(pos)
+        self.pending.keys.append(key)
+        self.pending.outputs.append(output)
+        self.stats.done += 1
+
+    def _finally_failed(self, record: dict, failure: Failure) -> None:
+        if self.fanin is not None:
+            self.fanin.fail(record, failure)
+            return
+        self.pending.failures.append(failure)
         self.stats.failed += 1
+
+    def _drain_fanin(self) -> None:
+        """Documents whose last segment came back (or that failed) join the pending commit."""
+        fanin = self.fanin
+        if fanin is None or not (fanin.ready or fanin.failed):
+            return
+        for pos, key, output in fanin.ready:
+            self.pending.positions.append(pos)
+            self.pending.keys.append(key)
+            self.pending.outputs.append(output)
+        self.stats.done += len(fanin.ready)
+        self.pending.failures.extend(fanin.failed)
+        self.stats.failed += len(fanin.failed)
+        fanin.ready.clear()
+        fanin.failed.clear()
 
     def _worker_died(self, pos: int, key: Any, record: dict, error: ItemError, attempt: int) -> None:
         """A worker process died running this item alone: guilty once more; quarantined after K times."""
         guilt = self._guilt[pos] = self._guilt.get(pos, 0) + 1
         if guilt >= self.settings.quarantine_after:
-            self.pending.failures.append(poison.worker_death_failure(pos, key, guilt, error.message))
-            self.stats.failed += 1
+            self._finally_failed(record, poison.worker_death_failure(pos, key, guilt, error.message))
             self.observers.on_message(f"quarantined {key!r}: {error.message} ({guilt} times)")
         elif not self.stop.requested:
             self.dispatch.run_alone(pos, key, record, attempt)
 
     # -- commits and events ------------------------------------------------------------------------------------
     def _maybe_commit(self) -> None:
+        self._drain_fanin()  # documents with no segments complete without any batch
         pending = self.pending
         if not len(pending):
             return

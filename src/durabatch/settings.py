@@ -27,6 +27,10 @@ class JobSettings(BaseModel):
     input: list[str] = Field(default_factory=list, description="Input files: JSONL, CSV or Parquet; globs allowed.")
     key: str | None = Field(None, description="Key column; without it each record's content hash is its key.")
     run_dir: str | None = Field(None, description="Run directory: ledger, shards, logs. Re-running resumes it.")
+    split: str | None = Field(None, description="Fan out: package.module:fn turning a record into segments; fn runs "
+                              "on each, and a record is committed once all its segments are done.")
+    combine: str | None = Field(None, description="Fan in: package.module:fn(record, outputs) -> the record's result "
+                                "(default: {segments: outputs}).")
     batch_size: int | None = Field(
         None, ge=1, description="Call fn with lists of up to N records (a batch function). Unset: one record."
     )
