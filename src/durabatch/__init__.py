@@ -9,7 +9,10 @@ from .errors import (
     LedgerError,
     RunLockedError,
 )
+from .integrations.torch import TorchState
+from .loop import CallableState, Checkpointer, PickleState
 from .observe import Observer, Stats
+from .observe.floodguard import guard_logs
 from .retry import RetryPolicy
 from .runner import RunSummary, run
 from .settings import JobSettings
@@ -19,6 +22,7 @@ from .status import status
 __version__ = "0.1.0"
 
 __all__ = [
-    "ChangedJobError", "ConfigError", "DurabatchError", "InputError", "JobSettings", "LedgerError", "Observer",
-    "RetryPolicy", "RunLockedError", "RunSummary", "Stats", "export", "run", "status",
+    "CallableState", "ChangedJobError", "Checkpointer", "ConfigError", "DurabatchError", "InputError", "JobSettings",
+    "LedgerError", "Observer", "PickleState", "RetryPolicy", "RunLockedError", "RunSummary", "Stats", "TorchState",
+    "export", "guard_logs", "run", "status",
 ]

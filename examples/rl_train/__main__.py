@@ -1,0 +1,43 @@
+"""PPO on CartPole (gymnasium + stable-baselines3, CPU), checkpointed by durabatch: kill it or SIGTERM it at any
+moment and run the same command again; it continues to exactly the same total timesteps.
+
+    python -m examples.rl_train --timesteps 20480 --run-dir runs/rl_train [--deadline 11h30m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import durabatch
+from durabatch.integrations.sb3 import learn, resume
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--timesteps", type=int, default=20_480)
+    parser.add_argument("--every", type=int, default=2_048, help="checkpoint every N timesteps")
+    parser.add_argument("--run-dir", default="runs/rl_train")
+    parser.add_argument("--deadline", default=None, help="e.g. 11h30m (a Kaggle or Colab quota is a deadline)")
+    args = parser.parse_args()
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    durabatch.guard_logs()  # per-step debug logging cannot drown this run
+    logging.basicConfig(level=logging.INFO)
+    torch.set_num_threads(1)
+    env = gym.make("CartPole-v1")
+    model = resume(args.run_dir, PPO, env)
+    if model is None:
+        model = PPO("MlpPolicy", env, n_steps=512, batch_size=64, seed=0, verbose=0)
+    else:
+        print(f"resumed at {model.num_timesteps:,} timesteps")
+    model = learn(model, args.timesteps, args.run_dir, every_timesteps=args.every, deadline=args.deadline)
+    mean, std = evaluate_policy(model, gym.make("CartPole-v1"), n_eval_episodes=10, deterministic=True)
+    print(f"timesteps: {model.num_timesteps:,}  evaluation reward: {mean:.1f} +/- {std:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""Checkpoints for stateful loops (training): periodic atomic checkpoints, resume from the latest good one,
+an emergency save on SIGTERM / SIGUSR1 / Ctrl-C or a deadline, and a small metrics record per checkpoint.
+
+    ckpt = Checkpointer("runs/train", state=TorchState(model, optimizer), every_steps=100, deadline="11h30m")
+    for step in ckpt.range(10_000):       # starts after the latest checkpoint
+        loss = train_step()
+        ckpt.record(loss=loss)            # metrics stored with the next checkpoint
+    # a stop request saves at the next step boundary and exits 75; running the same script again resumes
+
+A checkpoint is a directory written under a temporary name, fsynced and renamed: a half-written one is never
+picked up."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from .shards import fsync_dir
+from .stopping import StopFlag, wall_deadline
+
+EXIT_STOPPED = 75
+
+
+class State(Protocol):
+    def save(self, directory: Path) -> None: ...
+
+    def load(self, directory: Path) -> None: ...
+
+
+class PickleState:
+    """Any picklable state, through a getter and a setter."""
+
+    def __init__(self, get: Callable[[], Any], set: Callable[[Any], None]):  # noqa: A002 - reads naturally
+        self.get, self.set = get, set
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.get(), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def write(self, snapshot: bytes, directory: Path) -> None:
+        (directory / "state.pkl").write_bytes(snapshot)
+
+    def save(self, directory: Path) -> None:
+        self.write(self.snapshot(), directory)
+
+    def load(self, directory: Path) -> None:
+        with open(directory / "state.pkl", "rb") as f:
+            self.set(pickle.load(f))
+
+
+class CallableState:
+    """The user's own save(directory) / load(directory)."""
+
+    def __init__(self, save: Callable[[Path], None], load: Callable[[Path], None]):
+        self._save, self._load = save, load
+
+    def save(self, directory: Path) -> None:
+        self._save(directory)
+
+    def load(self, directory: Path) -> None:
+        self._load(directory)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fsync_dir(directory)
+
+
+class Checkpointer:
+    def __init__(self, run_dir: str | os.PathLike, state: State, every_steps: int | None = None,
+                 every_seconds: float | None = None, keep_last: int = 3, keep_best: int = 0,
+                 metric: str | None = None, mode: str = "min", deadline: str | None = None,
+                 deadline_at: str | None = None, exit_on_stop: bool = True, clock: Callable[[], float] = time.time):
+        if keep_best and not metric:
+            raise ValueError("keep_best needs metric= (the name of a recorded metric)")
+        self.dir = Path(run_dir) / "checkpoints"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state = state
+        self.every_steps, self.every_seconds = every_steps, every_seconds
+        self.keep_last, self.keep_best, self.metric, self.mode = keep_last, keep_best, metric, mode
+        self.exit_on_stop = exit_on_stop
+        self.clock = clock
+        self.started = clock()
+        self.deadline = wall_deadline(deadline, deadline_at, self.started)
+        self.stop = StopFlag()
+        self.stopped: str | None = None
+        self.step = 0
+        self._metrics: dict[str, float] = {}
+        self._last_save = clock()
+        self.saved_step: int | None = None
+        self._step_seconds = 0.0
+        self._save_seconds = 0.0
+        self.saves = 0
+        self._writer: threading.Thread | None = None
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, newest first."""
+        done = [p for p in self.dir.glob("step-*") if (p / "meta.json").exists()]
+        return sorted(done, key=lambda p: int(p.name.split("-")[1]), reverse=True)
+
+    def save(self, step: int | None = None, reason: str = "periodic", background: bool = False) -> Path:
+        """Write a checkpoint. background=True (periodic saves of states that can snapshot) copies the state in
+        memory now and writes it from a thread, so the loop goes on at once; a stop or the end waits for it."""
+        step = self.step if step is None else step
+        self.wait()
+        t0 = time.perf_counter()
+        final = self.dir / f"step-{step:012d}"
+        meta = {"step": step, "time": self.clock(), "elapsed": self.clock() - self.started, "reason": reason,
+                "metrics": dict(self._metrics)}
+        snapshot = getattr(self.state, "snapshot", None)
+        if background and snapshot is not None:
+            data = snapshot()
+            self._writer = threading.Thread(target=self._write, args=(step, final, meta, data), daemon=True)
+            self._writer.start()
+        else:
+            self._write(step, final, meta, None)
+        self._last_save = self.clock()
+        self.saved_step = step
+        self._save_seconds = time.perf_counter() - t0
+        self.saves += 1
+        return final
+
+    def wait(self) -> None:
+        """Wait for a checkpoint being written in the background."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+
+    def _write(self, step: int, final: Path, meta: dict, data: Any) -> None:
+        tmp = self.dir / f".tmp-step-{step:012d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        if data is None:
+            self.state.save(tmp)
+        else:
+            self.state.write(data, tmp)  # type: ignore[attr-defined]
+        (tmp / "meta.json").write_text(json.dumps(meta))  # written last: its presence marks a whole checkpoint
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(self.dir)
+        with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(meta) + "\n")
+        self._prune()
+
+    def _prune(self) -> None:
+        kept = self.checkpoints()
+        keep = set(kept[: self.keep_last])
+        if self.keep_best and self.metric:
+            scored = [(json.loads((p / "meta.json").read_text())["metrics"].get(self.metric), p) for p in kept]
+            scored = [(v, p) for v, p in scored if isinstance(v, int | float)]
+            scored.sort(key=lambda vp: vp[0], reverse=self.mode == "max")
+            keep |= {p for _, p in scored[: self.keep_best]}
+        for path in kept:
+            if path not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+        for leftover in self.dir.glob(".tmp-step-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def resume(self) -> int:
+        """Load the latest good checkpoint; the step to continue from (0 when there is none)."""
+        for path in self.checkpoints():
+            try:
+                self.state.load(path)
+                meta = json.loads((path / "meta.json").read_text())
+            except Exception as exc:  # noqa: BLE001 - a damaged checkpoint: fall back to the one before
+                print(f"[durabatch] checkpoint {path.name} unreadable ({exc}); trying the previous one",
+                      file=sys.stderr)
+                continue
+            self.step = self.saved_step = int(meta["step"])
+            self._metrics = dict(meta.get("metrics", {}))
+            print(f"[durabatch] resumed from {path} (step {self.step:,})", file=sys.stderr)
+            return self.step
+        return 0
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    def record(self, **metrics: float) -> None:
+        self._metrics.update({k: float(v) for k, v in metrics.items()})
+
+    def range(self, total: int) -> Iterator[int]:
+        """Steps from the latest checkpoint to `total`, saving periodically and on a stop request."""
+        start = self.resume()
+        self.stop.install()
+        try:
+            last = time.perf_counter()
+            for step in range(start, total):
+                yield step
+                self.step = step + 1
+                now = time.perf_counter()
+                self._step_seconds = 0.9 * self._step_seconds + 0.1 * (now - last) if step > start else now - last
+                last = now
+                reason = self.stop_reason()
+                if reason:
+                    self.save(reason=reason)
+                    self.stopped = reason
+                    print(f"[durabatch] {reason}: checkpoint saved at step {self.step:,}; run again to resume",
+                          file=sys.stderr)
+                    if self.exit_on_stop:
+                        raise SystemExit(EXIT_STOPPED)
+                    return
+                if self._due():
+                    self.save(background=True)
+            if self.saved_step != self.step:
+                self.save(reason="final")
+        finally:
+            self.wait()
+            self.stop.restore()
+
+    def _due(self) -> bool:
+        if self.every_steps and self.step % self.every_steps == 0:
+            return True
+        return bool(self.every_seconds and self.clock() - self._last_save >= self.every_seconds)
+
+    def stop_reason(self) -> str | None:
+        if self.stop.requested:
+            return self.stop.reason
+        if self.deadline:
+            margin = 2 * self._step_seconds + 2 * self._save_seconds + 1.0
+            if self.clock() + margin >= self.deadline[0]:
+                return "deadline"
+        return None
+
+    # -- pre-flight ------------------------------------------------------------------------------------------
+    def preflight(self, step_fn: Callable[[], Any], steps: int = 10, total: int | None = None) -> dict:
+        """Run a few steps, measure them, project the whole run against the deadline, and write and reload a
+        checkpoint: the problems that otherwise show up at hour 12, in seconds."""
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step_fn()
+        per_step = (time.perf_counter() - t0) / max(1, steps)
+        probe = self.save(step=0, reason="preflight")
+        self.state.load(probe)
+        shutil.rmtree(probe, ignore_errors=True)
+        report: dict[str, Any] = {"steps_per_second": 1 / per_step if per_step else float("inf"),
+                                  "save_seconds": self._save_seconds, "checkpoint_ok": True}
+        if total is not None:
+            report["projected_seconds"] = per_step * total
+            if self.deadline:
+                left = self.deadline[0] - self.clock()
+                report["fits_deadline"] = per_step * total <= left
+                if not report["fits_deadline"]:
+                    print(f"[durabatch] preflight: {total:,} steps at {report['steps_per_second']:.2f}/s need "
+                          f"{per_step * total / 3600:.1f} h, the deadline is in {left / 3600:.1f} h: the run will "
+                          "stop early (checkpointed) and need a resume", file=sys.stderr)
+        return report

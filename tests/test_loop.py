@@ -1,0 +1,108 @@
+"""Checkpointed loops: atomic checkpoints, keep_last/keep_best, resume from the latest good one, emergency save
+on SIGTERM with exit 75, and determinism: interrupted + resumed ends with the same weights, bitwise."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from durabatch.loop import Checkpointer, PickleState
+
+TESTS = Path(__file__).resolve().parent
+
+
+class Counter:
+    def __init__(self):
+        self.value = 0
+
+
+def counter_state(c):
+    return PickleState(lambda: c.value, lambda v: setattr(c, "value", v))
+
+
+def test_periodic_checkpoints_keep_last_and_best(tmp_path):
+    c = Counter()
+    ckpt = Checkpointer(tmp_path, counter_state(c), every_steps=10, keep_last=2, keep_best=1, metric="loss")
+    for step in ckpt.range(100):
+        c.value += 1
+        ckpt.record(loss=abs(step - 35))  # best at step 35 -> saved with the checkpoint of step 40
+    names = [p.name for p in ckpt.checkpoints()]
+    assert names[:2] == ["step-000000000100", "step-000000000090"]
+    assert "step-000000000040" in names and len(names) == 3
+    lines = (tmp_path / "checkpoints" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 10 and json.loads(lines[3])["metrics"]["loss"] == 4.0
+
+
+def test_resume_continues_from_the_latest_good_checkpoint(tmp_path):
+    c = Counter()
+    ckpt = Checkpointer(tmp_path, counter_state(c), every_steps=10, exit_on_stop=False)
+    for step in ckpt.range(100):
+        c.value += 1
+        if step == 54:
+            break  # a crash after step 54: the last checkpoint is at 50
+    # a half-written checkpoint and a damaged newest one are never used
+    (tmp_path / "checkpoints" / ".tmp-step-000000000060-1").mkdir()
+    c2 = Counter()
+    again = Checkpointer(tmp_path, counter_state(c2), every_steps=10)
+    assert again.resume() == 50 and c2.value == 50
+    (again.checkpoints()[0] / "state.pkl").write_bytes(b"garbage")
+    c3 = Counter()
+    assert Checkpointer(tmp_path, counter_state(c3), every_steps=10).resume() == 40 and c3.value == 40
+
+
+def test_preflight_measures_projects_and_round_trips_a_checkpoint(tmp_path):
+    c = Counter()
+    ckpt = Checkpointer(tmp_path, counter_state(c), deadline="1s")
+    report = ckpt.preflight(lambda: time.sleep(0.01), steps=5, total=1000)
+    assert report["checkpoint_ok"] and 50 < report["steps_per_second"] < 110
+    assert report["fits_deadline"] is False and report["projected_seconds"] > 5
+    assert not ckpt.checkpoints()  # the probe checkpoint is cleaned up
+
+
+def run_loop(run_dir, out, steps=300, every=25, sleep=0.0):
+    return subprocess.Popen([sys.executable, str(TESTS / "trainloop.py"), str(run_dir), str(out), str(steps),
+                             str(every), str(sleep)], stderr=subprocess.PIPE, text=True)
+
+
+def test_interrupted_and_resumed_training_ends_with_identical_weights(tmp_path):
+    torch = pytest.importorskip("torch")
+    reference = run_loop(tmp_path / "a", tmp_path / "a.pt")
+    assert reference.wait(timeout=120) == 0
+    proc = run_loop(tmp_path / "b", tmp_path / "b.pt", sleep=0.01)
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "b" / "checkpoints").glob("step-*")):  # the loop is running: stop it mid-way
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.7)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err
+    assert "checkpoint saved" in err
+    proc = run_loop(tmp_path / "b", tmp_path / "b.pt")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "resumed from" in err
+    a, b = torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_deadline_saves_and_exits_75(tmp_path):
+    pytest.importorskip("torch")
+    code = subprocess.run([sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {str(TESTS)!r})
+from durabatch.loop import Checkpointer, PickleState
+state = {{"n": 0}}
+ckpt = Checkpointer({str(tmp_path)!r}, PickleState(lambda: state["n"], lambda v: state.update(n=v)), deadline="3s")
+for _ in ckpt.range(10_000):
+    state["n"] += 1
+    time.sleep(0.01)
+"""], capture_output=True, text=True, timeout=60)
+    assert code.returncode == 75 and "deadline" in code.stderr
+    step = int(Checkpointer(tmp_path, PickleState(lambda: 0, lambda v: None)).checkpoints()[0].name.split("-")[1])
+    assert 50 < step < 400
