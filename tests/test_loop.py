@@ -106,3 +106,13 @@ for _ in ckpt.range(10_000):
     assert code.returncode == 75 and "deadline" in code.stderr
     step = int(Checkpointer(tmp_path, PickleState(lambda: 0, lambda v: None)).checkpoints()[0].name.split("-")[1])
     assert 50 < step < 400
+
+
+def test_status_shows_a_loops_checkpoints_and_metrics(tmp_path):
+    c = Counter()
+    ckpt = Checkpointer(tmp_path, counter_state(c), every_steps=10)
+    for step in ckpt.range(30):
+        ckpt.record(loss=1.0 / (step + 1))
+    result = subprocess.run([sys.executable, "-m", "durabatch", "status", str(tmp_path)], capture_output=True,
+                            text=True)
+    assert result.returncode == 0 and "step-000000000030" in result.stdout and "loss=" in result.stdout

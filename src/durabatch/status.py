@@ -5,14 +5,30 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from .ledger import ItemState, Ledger, RunDir, lock_holder
 from .observe import format_duration
 
 
+def loop_status(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """A training loop's run directory (checkpoints, no ledger): the latest checkpoints and their metrics."""
+    metrics = Path(run_dir) / "checkpoints" / "metrics.jsonl"
+    if not metrics.exists():
+        return None
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    kept = sorted(p.name for p in metrics.parent.glob("step-*") if (p / "meta.json").exists())
+    return {"run_dir": str(run_dir), "kind": "loop", "checkpoints": kept, "latest": records[-1] if records else None,
+            "history": records[-20:]}
+
+
 def status(run_dir: str | os.PathLike) -> dict[str, Any]:
     rd = RunDir(run_dir)
+    if not rd.ledger.exists():
+        loop = loop_status(run_dir)
+        if loop is not None:
+            return loop
     ledger = Ledger.open_readonly(rd)
     try:
         done = ledger.count_done()
@@ -58,7 +74,21 @@ def status(run_dir: str | os.PathLike) -> dict[str, Any]:
     }
 
 
+def render_loop(info: dict[str, Any]) -> str:
+    latest = info["latest"] or {}
+    lines = [f"run dir:     {info['run_dir']} (a checkpointed loop)",
+             f"latest:      step {latest.get('step', 0):,} ({latest.get('reason', '?')}), "
+             f"{format_duration(latest.get('elapsed'))} into the run",
+             f"kept:        {', '.join(info['checkpoints']) or 'none'}"]
+    for record in info["history"]:
+        values = ", ".join(f"{k}={v:.4g}" for k, v in record.get("metrics", {}).items())
+        lines.append(f"  step {record['step']:>10,}  {values}")
+    return "\n".join(lines)
+
+
 def render(info: dict[str, Any]) -> str:
+    if info.get("kind") == "loop":
+        return render_loop(info)
     total = info["total"]
     finished = info["done"] + info["failed"] + info["quarantined"] + info["interrupted"]
     pct = f" ({100 * finished / total:.1f}%)" if total else ""
