@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_CORE := $(VENV)/.core-installed
 STAMP_EX := $(VENV)/.examples-installed
 
-.PHONY: run test lint bench setup setup-examples clean
+.PHONY: run test lint bench bench-api bench-chaos bench-checkpoint setup setup-examples clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,15 @@ test: $(STAMP_EX)
 
 bench: $(STAMP_CORE)
 	$(BIN)/python bench/overhead.py
+
+bench-api: $(STAMP_EX)
+	$(BIN)/python bench/api.py
+
+bench-chaos: $(STAMP_CORE)
+	$(BIN)/python bench/chaos.py
+
+bench-checkpoint: $(STAMP_EX)
+	$(BIN)/python bench/checkpoint.py
 
 clean:
 	rm -rf $(VENV) runs
