@@ -37,14 +37,14 @@ def questions(n: int) -> list[dict]:
 
 
 async def _ask(client, question: str) -> str:
-    from openai import RateLimitError
+    from openai import APIConnectionError, RateLimitError
 
-    while True:  # the hand-rolled pools retry a 429 at once
+    while True:  # the hand-rolled pools retry a 429 (or a dropped connection) at once
         try:
             response = await client.chat.completions.create(
                 model="local", messages=[{"role": "user", "content": question}])
             return response.choices[0].message.content
-        except RateLimitError:
+        except (RateLimitError, APIConnectionError):
             await asyncio.sleep(0)
 
 

@@ -110,3 +110,34 @@ def test_the_api_key_is_written_nowhere(tmp_path):
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_per_item_timeout_cancels_the_call(tmp_path):
+    with LLMServer(ServerConfig(latency_median=0.01, hang_rate=0.1, hang_seconds=5, seed=2)) as server:
+        summary = run(tmp_path, server, 40, concurrency=8, item_timeout=0.5, max_attempts=1)
+    assert summary.exit_code == 1 and summary.done + summary.failed == 40 and summary.failed >= 1
+    durabatch.export(tmp_path / "run", to=tmp_path / "f.parquet", failed=True)
+    assert set(pq.read_table(tmp_path / "f.parquet").column("error_type").to_pylist()) == {"ItemTimeout"}
+
+
+def test_named_limits_apply_per_record_field(tmp_path):
+    from durabatch.limits import Limits, LimitSpec
+
+    now = [0.0]
+    limits = Limits({"fast": LimitSpec(rpm=600), "slow": LimitSpec(rpm=60)}, limit_by="model",
+                    clock=lambda: now[0])
+    fast = [limits.for_record({"model": "fast"}).wait_time() for _ in range(20)]
+    slow = [limits.for_record({"model": "slow"}).wait_time() for _ in range(5)]
+    assert limits.for_record({"model": "fast"}).name == "fast" and limits.for_record({}).name in ("fast", "slow")
+    assert max(fast) < max(slow)  # the slow provider's queue grows ten times faster
+    assert 3.5 < max(slow) < 5.0  # 5 requests at 1/s (98.5%), one of them free
+
+
+def test_token_budget_counts_reported_usage():
+    from durabatch.limits import ApiMetrics
+
+    metrics = ApiMetrics(price_input=1.0, price_output=2.0, max_tokens=100)
+    assert metrics.try_start(10)
+    metrics.finished({"prompt": 40, "completion": 20, "total": 60})
+    assert metrics.cost == (40 * 1.0 + 20 * 2.0) / 1e6
+    assert not metrics.try_start(10) and "60 tokens used" in metrics.over_budget

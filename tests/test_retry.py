@@ -79,3 +79,25 @@ def test_a_429_with_retry_after_is_retried(tmp_path):
 def test_value_error_is_not_retried(tmp_path):
     summary = _run(tmp_path, userfns.value_error, max_attempts=5)
     assert summary.failed == 20 and set(userfns._calls.values()) == {1}
+
+
+class _Headers(dict):
+    def get(self, key, default=None):
+        return super().get(key.lower(), default)
+
+
+def test_retry_after_headers_in_all_their_forms():
+    class Response:
+        def __init__(self, headers):
+            self.headers = _Headers(headers)
+            self.status_code = 429
+
+    class Limited(Exception):
+        def __init__(self, headers):
+            super().__init__("429")
+            self.response = Response(headers)
+
+    assert err(Limited({"retry-after": "2.5"})).retry_after == 2.5
+    assert err(Limited({"retry-after-ms": "750"})).retry_after == 0.75
+    assert err(Limited({"x-ratelimit-reset-requests": "6m0s", "x-ratelimit-reset-tokens": "20ms"})).retry_after == 360
+    assert err(Limited({})).retry_after is None and err(Limited({})).status == 429

@@ -47,18 +47,40 @@ def _status(exc: BaseException) -> int | None:
 
 
 def _retry_after(exc: BaseException) -> float | None:
+    """Seconds the server asked to wait: Retry-After (seconds), retry-after-ms, or x-ratelimit-reset-* ("1s",
+    "6m0s", "20ms"), found on the exception or its response, whatever the HTTP library."""
     for holder in (exc, getattr(exc, "response", None)):
         value = getattr(holder, "retry_after", None)
         if isinstance(value, int | float):
             return float(value)
         headers = getattr(holder, "headers", None)
-        if headers is not None:
-            try:
-                raw = headers.get("retry-after") or headers.get("Retry-After")
-                return float(raw) if raw is not None else None
-            except (TypeError, ValueError, AttributeError):
-                return None
+        if headers is None:
+            continue
+        try:
+            if headers.get("retry-after-ms"):
+                return float(headers.get("retry-after-ms")) / 1000
+            if headers.get("retry-after"):
+                return float(headers.get("retry-after"))
+            resets = [_duration(headers.get(h)) for h in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")]
+            resets = [r for r in resets if r is not None]
+            if resets:
+                return max(resets)
+        except (TypeError, ValueError, AttributeError):
+            return None
     return None
+
+
+def _duration(text: str | None) -> float | None:
+    """'1s', '6m0s', '20ms', '1h2m3.5s' -> seconds."""
+    if not text:
+        return None
+    import re
+
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    if not parts:
+        return None
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(float(n) * scale[u] for n, u in parts)
 
 
 class ItemTimeout(TimeoutError):
