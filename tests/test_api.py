@@ -141,3 +141,17 @@ def test_token_budget_counts_reported_usage():
     metrics.finished({"prompt": 40, "completion": 20, "total": 60})
     assert metrics.cost == (40 * 1.0 + 20 * 2.0) / 1e6
     assert not metrics.try_start(10) and "60 tokens used" in metrics.over_budget
+
+
+def test_progress_and_status_show_the_api_figures(tmp_path):
+    import subprocess
+    import sys
+
+    with LLMServer(ServerConfig(latency_median=0.01, error_rate=0.1, seed=4)) as server:
+        run(tmp_path, server, 60, concurrency=4, max_attempts=5, backoff_base=0.01, price_input=1.0,
+            price_output=1.0, progress="plain", log_every=0.2)
+    text = subprocess.run([sys.executable, "-m", "durabatch", "status", str(tmp_path / "run")],
+                          capture_output=True, text=True).stdout
+    assert "answered 429" in text and "retries" in text and "tokens" in text and "cost" in text
+    info = durabatch.status(tmp_path / "run")["api"]
+    assert info["retries"] > 0 and info["tokens"] > 0 and info["cost"] > 0

@@ -179,6 +179,7 @@ class ApiMetrics:
         self.in_flight = 0
         self.requests = 0
         self.rate_limited = 0
+        self.retries = 0  # items the runner retried after a transient error (429s are counted apart)
         self.tokens = 0
         self.cost = 0.0
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of the last minute's answers
@@ -223,6 +224,7 @@ class ApiMetrics:
             recent = [(t, n) for t, n in self._recent if t >= now - 60]
             span = min(60.0, max(1.0, now - recent[0][0])) if recent else 60.0
             return {"in_flight": self.in_flight, "requests": self.requests, "rate_limited": self.rate_limited,
+                    "retries": self.retries,
                     "requests_per_min": len(recent) * 60 / span, "tokens": self.tokens,
                     "tokens_per_min": sum(n for _, n in recent) * 60 / span, "cost": round(self.cost, 6)}
 

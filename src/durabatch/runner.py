@@ -372,6 +372,8 @@ class _Run:
 
     def _failed(self, pos: int, key: Any, record: dict, error: ItemError, attempt: int) -> None:
         if self.retry.should_retry(error, attempt) and not self.stop.requested:
+            if self.limits is not None:
+                self.limits.metrics.retries += 1
             self.dispatch.retry_later(pos, key, record, attempt + 1, self.retry.delay(error, attempt))
             return
         self._finally_failed(record, Failure(pos, key, error.error_type, error.message, error.traceback, attempt))

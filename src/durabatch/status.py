@@ -111,7 +111,8 @@ def render(info: dict[str, Any]) -> str:
     api = info.get("api")
     if api:
         lines.append(f"api:       {api['requests']:,} requests, {api['requests_per_min']:,.0f}/min lately, "
-                     f"{api['rate_limited']:,} answered 429, {api['tokens']:,} tokens, cost {api['cost']:.4f}")
+                     f"{api['rate_limited']:,} answered 429, {api.get('retries', 0):,} retries, "
+                     f"{api['tokens']:,} tokens, cost {api['cost']:.4f}")
     if info["last_commit_at"]:
         ago = time.time() - info["last_commit_at"]
         lines.append(f"last commit: {format_duration(ago)} ago")

@@ -24,7 +24,7 @@ def _line(stats: Stats) -> str:
     api = stats.extra
     if api:
         parts.append(f"in flight {api['in_flight']} | {api['requests_per_min']:,.0f} req/min | "
-                     f"429s {api['rate_limited']:,}")
+                     f"429s {api['rate_limited']:,} | retries {api.get('retries', 0):,}")
         if api["tokens"]:
             parts.append(f"{api['tokens_per_min']:,.0f} tokens/min")
         if api["cost"]:
