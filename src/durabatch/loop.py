@@ -83,7 +83,10 @@ class Checkpointer:
     def __init__(self, run_dir: str | os.PathLike, state: State, every_steps: int | None = None,
                  every_seconds: float | None = None, keep_last: int = 3, keep_best: int = 0,
                  metric: str | None = None, mode: str = "min", deadline: str | None = None,
-                 deadline_at: str | None = None, exit_on_stop: bool = True, clock: Callable[[], float] = time.time):
+                 deadline_at: str | None = None, exit_on_stop: bool = True, fsync: bool = True,
+                 clock: Callable[[], float] = time.time):
+        """fsync=False keeps checkpoints safe against the process dying (kill -9, OOM, a quota) but not against
+        the machine losing power; it removes the flush, which is most of a checkpoint's cost on slow disks."""
         if keep_best and not metric:
             raise ValueError("keep_best needs metric= (the name of a recorded metric)")
         self.dir = Path(run_dir) / "checkpoints"
@@ -92,6 +95,7 @@ class Checkpointer:
         self.every_steps, self.every_seconds = every_steps, every_seconds
         self.keep_last, self.keep_best, self.metric, self.mode = keep_last, keep_best, metric, mode
         self.exit_on_stop = exit_on_stop
+        self.fsync = fsync
         self.clock = clock
         self.started = clock()
         self.deadline = wall_deadline(deadline, deadline_at, self.started)
@@ -149,11 +153,13 @@ class Checkpointer:
         else:
             self.state.write(data, tmp)  # type: ignore[attr-defined]
         (tmp / "meta.json").write_text(json.dumps(meta))  # written last: its presence marks a whole checkpoint
-        _fsync_tree(tmp)
+        if self.fsync:
+            _fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        fsync_dir(self.dir)
+        if self.fsync:
+            fsync_dir(self.dir)
         with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(meta) + "\n")
         self._prune()
