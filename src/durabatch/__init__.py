@@ -1,6 +1,7 @@
 """durabatch: run a function over a large dataset as a job that survives kill -9, resumes by itself and commits
 every result exactly once."""
 
+from .api import run
 from .errors import (
     ChangedJobError,
     ConfigError,
@@ -14,7 +15,7 @@ from .loop import CallableState, Checkpointer, PickleState
 from .observe import Observer, Stats
 from .observe.floodguard import guard_logs
 from .retry import RetryPolicy
-from .runner import RunSummary, run
+from .runner import RunSummary
 from .settings import JobSettings
 from .shards import export
 from .status import status

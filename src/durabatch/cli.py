@@ -13,8 +13,9 @@ from typing import Any, Optional
 import typer
 
 from . import settings as settings_mod
+from .api import run_job
 from .errors import DurabatchError
-from .runner import EXIT_USAGE, run_job
+from .runner import EXIT_USAGE
 from .settings import JobSettings
 
 app = typer.Typer(

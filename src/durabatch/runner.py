@@ -1,4 +1,4 @@
-"""The run loop: plan, dispatch batches to an engine, collect outcomes, commit, stop.
+"""The run loop: plan, dispatch batches to an engine, collect outcomes, commit, stop. (`api.py` builds a Run.)
 
     source -> plan (skip what the ledger has) -> batches -> engine -> outcomes -> Pending -> committer
                                        events -> observers (progress, run log)
@@ -15,9 +15,9 @@ from . import job, poison
 from .committer import Committer, Pending
 from .dispatch import Dispatch
 from .engines import BatchResult, Engine, make_engine
-from .errors import ConfigError, DurabatchError, InputError
-from .fanout import Combine, FanIn, Split, default_combine
-from .ledger import Failure, ItemState, Ledger, RunDir, run_lock
+from .errors import DurabatchError, InputError
+from .fanout import FanIn
+from .ledger import Failure, ItemState, Ledger, RunDir
 from .limits import ApiMetrics, Limits, LimitSpec
 from .observe import Observer, Observers, Stats
 from .observe.logs import RunLog
@@ -26,9 +26,9 @@ from .observe.resources import MemoryWatch
 from .plan import Plan, check_fingerprint, make_plan
 from .retry import RetryPolicy, full_jitter, make_retryable
 from .settings import JobSettings, parse_size
-from .sources import Source, open_source
+from .sources import Source
 from .stopping import StopFlag, wall_deadline
-from .work import ItemError, Work, cleanup, is_async_target, resolve
+from .work import ItemError, Work, cleanup, is_async_target
 
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 75
 
@@ -56,50 +56,9 @@ class RunSummary:
         return text
 
 
-def run(fn: Any, source: Any = None, *, key: str | None = None, run_dir: str | None = None,
-        batch_size: int | None = None, workers: int = 1, engine: str | None = None,
-        split: Split | None = None, combine: Combine | None = None,
-        observers: list[Observer] | None = None, **settings: Any) -> RunSummary:
-    """Run fn over source as a durable job in run_dir; re-running the same call resumes.
+class Run:
+    """One execution of a job on its run directory (the CLI's `run`, the library's `run()`)."""
 
-    fn: a function (record -> dict), a batch function (with batch_size: records -> list), a class (instantiated
-    once per worker, setup() called) or "package.module:name". split(record) -> segments makes fn run on each
-    segment, and combine(record, outputs) -> result groups them back (one committed row per input).
-    Other settings: see JobSettings."""
-    values = {"key": key, "run_dir": run_dir, "batch_size": batch_size, "workers": workers, "engine": engine,
-              **settings}
-    from .settings import merge
-
-    config = merge(("arguments", {k: v for k, v in values.items() if v is not None}))
-    return run_job(fn, source, config, observers or [], split, combine)
-
-
-def run_job(fn: Any, source: Any, settings: JobSettings, observers: list[Observer], split: Any = None,
-            combine: Any = None) -> RunSummary:
-    if settings.run_dir is None:
-        raise ConfigError("run_dir is required: where the ledger and results of this job live")
-    target = resolve(fn) if isinstance(fn, str) else fn
-    if target is None:
-        raise ConfigError("fn is required: package.module:callable")
-    split = split or (resolve(settings.split) if settings.split else None)
-    combine = combine or (resolve(settings.combine) if settings.combine else None)
-    fanin = FanIn(split, combine or default_combine) if split else None
-    src = open_source(source if source is not None else settings.input or _missing_input())
-    rd = RunDir(settings.run_dir)
-    rd.create()
-    with run_lock(rd):
-        ledger = Ledger.open(rd)
-        try:
-            return _Run(target, src, settings, rd, ledger, observers, fanin).execute()
-        finally:
-            ledger.close()
-
-
-def _missing_input() -> Any:
-    raise ConfigError("no input: pass --input FILE (or source= in Python)")
-
-
-class _Run:
     def __init__(self, target: Any, source: Source, settings: JobSettings, rd: RunDir, ledger: Ledger,
                  observers: list[Observer], fanin: FanIn | None = None):
         self.target, self.source, self.settings, self.rd, self.ledger = target, source, settings, rd, ledger
