@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import json
-import os
-import sys
 import sysconfig
 from pathlib import Path
 
 from durabatch.cli import main as durabatch_main
+
+from ..local_api import local_api
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,14 +43,7 @@ def main() -> None:
     parser.add_argument("--run-dir", default="runs/doc_extract")
     args, extra = parser.parse_known_args()
     data = build_documents(HERE / "data" / "documents.jsonl", args.documents)
-    with contextlib.ExitStack() as stack:
-        if args.local:
-            sys.path.insert(0, str(HERE.parent.parent / "tests"))
-            from llm_server import LLMServer, ServerConfig
-
-            server = stack.enter_context(LLMServer(ServerConfig(rpm=3000, latency_median=0.05)))
-            os.environ["OPENAI_BASE_URL"] = server.url
-            os.environ.setdefault("OPENAI_API_KEY", "sk-local")
+    with local_api(args.local):
         try:
             durabatch_main(["run", "--input", str(data), "--key", "id",
                             "--fn", "examples.doc_extract.task:ExtractConcepts",

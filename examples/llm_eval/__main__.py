@@ -7,15 +7,13 @@ Extra flags go to `durabatch run` and override the job file (examples/llm_eval/j
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from durabatch.cli import main as durabatch_main
 
+from ..local_api import local_api
 from .questions import write
 
 HERE = Path(__file__).resolve().parent
@@ -37,14 +35,7 @@ def main() -> None:
     parser.add_argument("--run-dir", default="runs/llm_eval")
     args, extra = parser.parse_known_args()
     write(HERE / "data" / "questions.jsonl", args.questions)
-    with contextlib.ExitStack() as stack:
-        if args.local:
-            sys.path.insert(0, str(HERE.parent.parent / "tests"))
-            from llm_server import LLMServer, ServerConfig
-
-            server = stack.enter_context(LLMServer(ServerConfig(rpm=3000, latency_median=0.05)))
-            os.environ["OPENAI_BASE_URL"] = server.url
-            os.environ.setdefault("OPENAI_API_KEY", "sk-local")
+    with local_api(args.local):
         try:
             durabatch_main(["run", str(HERE / "job.yaml"), "--run-dir", args.run_dir, *extra])
             code = 0

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..limits import Limits, is_rate_limited
 from ..work import ItemError, ItemTimeout, Work
-from .base import NOT_STARTED, Batch, BatchResult
+from .base import NOT_STARTED, Batch, BatchResult, drain
 
 _PAUSED, _RETRY = object(), object()
 
@@ -144,13 +144,7 @@ class AsyncEngine:
         self._stopping = True
 
     def poll(self, timeout: float) -> list[BatchResult]:
-        results = []
-        try:
-            results.append(self._done.get(timeout=timeout) if timeout > 0 else self._done.get_nowait())
-            while True:
-                results.append(self._done.get_nowait())
-        except queue.Empty:
-            pass
+        results = drain(self._done, timeout)
         self._in_flight -= len(results)
         return results
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +28,18 @@ class BatchResult:
     errors: dict[int, ItemError]  # index in the batch -> error
     seconds: float
     note: str | None = None  # e.g. the batch function ran out of memory and continues with smaller batches
+
+
+def drain(done: queue.Queue, timeout: float) -> list[BatchResult]:
+    """Everything finished: waiting up to `timeout` for the first result, then taking whatever else is there."""
+    results = []
+    try:
+        results.append(done.get(timeout=timeout) if timeout > 0 else done.get_nowait())
+        while True:
+            results.append(done.get_nowait())
+    except queue.Empty:
+        pass
+    return results
 
 
 NOT_STARTED = ItemError("NotStarted", "not started: the run was stopping", "")  # not a failure: redone next run

@@ -11,7 +11,7 @@ import time
 
 from ..limits import Limits, is_rate_limited
 from ..work import ItemError, Work
-from .base import NOT_STARTED, Batch, BatchResult
+from .base import NOT_STARTED, Batch, BatchResult, drain
 
 
 class ThreadEngine:
@@ -89,13 +89,7 @@ class ThreadEngine:
         self._todo.put(batch)
 
     def poll(self, timeout: float) -> list[BatchResult]:
-        results = []
-        try:
-            results.append(self._done.get(timeout=timeout) if timeout > 0 else self._done.get_nowait())
-            while True:
-                results.append(self._done.get_nowait())
-        except queue.Empty:
-            pass
+        results = drain(self._done, timeout)
         self._in_flight -= len(results)
         return results
 
