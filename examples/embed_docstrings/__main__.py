@@ -1,8 +1,8 @@
 """`make run`: embed the standard library's docstrings with MiniLM as a durable durabatch job.
 
-    python -m examples.embed_docstrings                 # the first 3,000 paragraphs (about 2 minutes on 2 cores)
-    python -m examples.embed_docstrings --full          # all ~16,000 (about 10 minutes on 2 cores)
-    python -m examples.embed_docstrings --limit 5000    # any other slice; extra flags go to `durabatch run`
+    python -m examples.embed_docstrings                 # the first 5,000 paragraphs (about a minute on 2 cores)
+    python -m examples.embed_docstrings --full          # all 16,102 (about 3 minutes on 2 cores)
+    python -m examples.embed_docstrings --limit 8000    # any other slice; extra flags go to `durabatch run`
 
 Interrupt it (Ctrl-C, or kill -9) and run the same command again: it continues where it stopped.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from .corpus import build
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "data" / "stdlib_docstrings.jsonl"
-DEFAULT_LIMIT = 3000
+DEFAULT_LIMIT = 5000
+RUN_DIR = "runs/embed_docstrings"
 QUERY_ID = "base64:b64encode/0"  # the demo's query when it is in the slice done
 
 
@@ -69,6 +71,18 @@ def nearest_neighbours(run_dir: str, k: int = 3) -> None:
         print(f"  {scores[i]:.3f}  {ids[i]}  {_clip(texts.get(ids[i], ''))!r}")
 
 
+def _commands() -> tuple[str, str]:
+    """How to spell this interpreter and the durabatch command for the user: .venv/bin/... when run from there."""
+    python = Path(sys.executable)
+    cli = python.parent / "durabatch"
+    try:
+        python = python.relative_to(Path.cwd())
+        cli = cli.relative_to(Path.cwd())
+    except ValueError:
+        return "python", "durabatch"
+    return str(python), str(cli) if cli.exists() else "durabatch"
+
+
 def _clip(text: str, width: int = 70) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -81,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
                         help=f"embed the first N paragraphs (default {DEFAULT_LIMIT:,}; 0: all)")
     parser.add_argument("--full", action="store_true", help="embed the whole corpus (same as --limit 0)")
-    parser.add_argument("--run-dir", default="runs/embed_docstrings", help="default: runs/embed_docstrings")
+    parser.add_argument("--run-dir", default=RUN_DIR, help=f"default: {RUN_DIR}")
     args, extra = parser.parse_known_args(argv)
     if args.limit < 0:
         parser.error("--limit must be >= 0")
@@ -90,15 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"corpus: {count:,} docstring paragraphs of the Python standard library ({CORPUS})\n"
           f"embedding {limit or count:,} of them; Ctrl-C stops cleanly, the same command resumes", file=sys.stderr)
     code = run_job(args.run_dir, limit, extra)
+    python, durabatch_cli = _commands()
+    again = shlex.join([python, "-m", "examples.embed_docstrings", *(sys.argv[1:] if argv is None else argv)])
     if code in (0, 1):
         nearest_neighbours(args.run_dir)
-        again = "python -m examples.embed_docstrings " + " ".join(argv if argv is not None else sys.argv[1:])
-        print(f"\nstatus (from any terminal): durabatch status {args.run_dir}\n"
-              f"interrupted runs resume with the same command: {again.strip()}")
+        print(f"\nstatus, from any terminal: {durabatch_cli} status {args.run_dir}\n"
+              f"interrupt (Ctrl-C) and resume: run the same command again: {again}")
         if limit and limit < count:
-            print(f"the other {count - limit:,}: python -m examples.embed_docstrings --full  (keeps what is done)")
+            rest = [python, "-m", "examples.embed_docstrings", "--full",
+                    *([] if args.run_dir == RUN_DIR else ["--run-dir", args.run_dir])]
+            print(f"the other {count - limit:,}, keeping what is done: {shlex.join(rest)}")
     elif code == 75:
-        print("\nstopped early; run the same command again to resume where it stopped", file=sys.stderr)
+        print(f"\nresume with: {again}", file=sys.stderr)
     return code
 
 
