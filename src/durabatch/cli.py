@@ -173,16 +173,18 @@ def verify_command(
                                 "remove crash leftovers, rebuild an unreadable ledger from the shards."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
-    """Check every shard against the ledger: present, readable, row counts, checksums, keys. Exit 1 if not."""
+    """Check every shard against the ledger: present, intact, row counts, positions, keys unique; name orphans
+    and an unreadable ledger. Exit 0 healthy (or repaired), 1 problems found, 2 usage error (or --repair while
+    a job runs)."""
     from .verify import repair as do_repair
     from .verify import verify
 
     try:
         report = do_repair(run_dir) if repair else verify(run_dir)
-    except DurabatchError as exc:
+    except (DurabatchError, OSError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(report.as_dict(), indent=2) if json_out else report.render())
-    raise typer.Exit(0 if report.ok or report.repaired else 1)
+    raise typer.Exit(0 if report.ok else 1)
 
 
 def main(argv: list[str] | None = None) -> None:
