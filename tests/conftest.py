@@ -1,49 +1,114 @@
-"""Shared helpers: write inputs, run the CLI as a real subprocess, read exports back."""
+"""Shared helpers: write inputs, run the CLI as a real subprocess, read exports and the ledger back.
+
+The CLI runs as `python -m durabatch ...` with this directory on PYTHONPATH, so `--fn jobs:digest` (tests/jobs.py)
+and `--fn userfns:...` import in the runner and in spawned worker processes alike."""
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 TESTS = Path(__file__).resolve().parent
 
 
-def write_jsonl(path: Path, records) -> Path:
+# -- inputs --------------------------------------------------------------------------------------------------------
+def write_jsonl(path: Path, records: Iterable[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
 
 
-def cli_env(extra_path: Path | None = None) -> dict:
-    paths = [str(TESTS)] + ([str(extra_path)] if extra_path else [])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-
-
-def durabatch_cli(*args, cwd, extra_path=None, timeout=180, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "durabatch", *map(str, args)], cwd=cwd, env=cli_env(extra_path),
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
-def durabatch_popen(*args, cwd, extra_path=None, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "durabatch", *map(str, args)], cwd=cwd, env=cli_env(extra_path),
-                            **kwargs)
-
-
-def export_ids(run_dir: Path, tmp_path: Path, column: str = "id") -> list:
-    out = tmp_path / "export.parquet"
-    result = durabatch_cli("export", run_dir, "--to", out, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    return pq.read_table(out).column(column).to_pylist()
+def make_records(n: int, start: int = 0) -> list[dict]:
+    """N records with an integer "id" key and a little text."""
+    return [{"id": i, "text": f"item-{i}"} for i in range(start, start + n)]
 
 
 @pytest.fixture
 def records_file(tmp_path):
+    """records_file(n, name="data.jsonl") -> a JSONL file of n records {"id": i, "text": "item-i"} in tmp_path."""
+
     def make(n: int, name: str = "data.jsonl") -> Path:
-        return write_jsonl(tmp_path / name, ({"id": i, "text": f"item-{i}"} for i in range(n)))
+        return write_jsonl(tmp_path / name, make_records(n))
 
     return make
+
+
+# -- running the CLI -----------------------------------------------------------------------------------------------
+def cli_env(extra_path: Path | None = None, env: Mapping[str, str] | None = None) -> dict:
+    """The environment for a CLI subprocess: tests/ (and extra_path) importable, plus `env` overrides."""
+    paths = [str(TESTS)] + ([str(extra_path)] if extra_path else [])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **(env or {})}
+
+
+def cli_command(*args) -> list[str]:
+    return [sys.executable, "-m", "durabatch", *map(str, args)]
+
+
+def durabatch_cli(*args, cwd, extra_path=None, env=None, timeout=180, **kwargs) -> subprocess.CompletedProcess:
+    """Run the CLI to the end; stdout and stderr captured as text."""
+    return subprocess.run(cli_command(*args), cwd=cwd, env=cli_env(extra_path, env), capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
+
+
+def durabatch_popen(*args, cwd, extra_path=None, env=None, **kwargs) -> subprocess.Popen:
+    """Start the CLI and return at once (to signal it). Output goes where kwargs say (inherited by default)."""
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.Popen(cli_command(*args), cwd=cwd, env=cli_env(extra_path, env), **kwargs)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.02,
+               what: str = "condition") -> object:
+    """Poll until predicate() is truthy and return its value; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- reading results back ------------------------------------------------------------------------------------------
+def read_export(run_dir: Path, tmp_path: Path, failed: bool = False, suffix: str = ".parquet") -> pa.Table:
+    """`durabatch export RUN_DIR --to ...` (with --failed if asked) as a real subprocess, read back with pyarrow."""
+    out = tmp_path / f"export{'-failed' if failed else ''}{suffix}"
+    result = durabatch_cli("export", run_dir, "--to", out, *(["--failed"] if failed else []), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    if suffix == ".parquet":
+        return pq.read_table(out)
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    return pa.Table.from_pylist(rows)
+
+
+def export_ids(run_dir: Path, tmp_path: Path, column: str = "id") -> list:
+    """The key column of the export, in export order."""
+    return read_export(run_dir, tmp_path).column(column).to_pylist()
+
+
+def ledger_query(run_dir: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    """A query on run_dir/ledger.sqlite opened read-only, as `status` does (never changes the ledger)."""
+    conn = sqlite3.connect(f"file:{Path(run_dir) / 'ledger.sqlite'}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def committed_rows(run_dir: Path) -> int:
+    """Items committed so far according to the ledger (0 when there is no ledger yet)."""
+    if not (Path(run_dir) / "ledger.sqlite").exists():
+        return 0
+    try:
+        return int(ledger_query(run_dir, "SELECT coalesce(sum(rows), 0) FROM shards")[0][0])
+    except sqlite3.OperationalError:  # being created right now
+        return 0
