@@ -89,8 +89,6 @@ def not_utf8_file(tmp_path, n=20, bad=10):
     return path
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: JSONL/CSV are decoded in strict text mode, so a non-UTF-8 "
-                   "line is a whole-file error without its line (sources.py)")
 def test_a_line_that_is_not_utf8_is_an_error_naming_its_line(tmp_path):
     """A row that cannot be decoded is a malformed row like any other: the error names its line."""
     result = run(tmp_path, not_utf8_file(tmp_path))
@@ -98,8 +96,6 @@ def test_a_line_that_is_not_utf8_is_an_error_naming_its_line(tmp_path):
     assert "data.jsonl" in result.stderr and "line 11" in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: JSONL/CSV are decoded in strict text mode, so a non-UTF-8 "
-                   "line is a whole-file error without its line (sources.py)")
 def test_a_line_that_is_not_utf8_is_skipped_with_skip_bad_rows(tmp_path):
     result = run(tmp_path, not_utf8_file(tmp_path), "--skip-bad-rows")
     assert result.returncode == 1, result.stderr
@@ -124,8 +120,22 @@ def test_wrong_key_column_names_it(tmp_path):
     assert result.returncode == 2 and "'ID'" in result.stderr and "data.jsonl" in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: plan.find_duplicates raises on a missing key whatever "
-                   "--skip-bad-rows says")
+def test_wrong_key_column_with_skip_bad_rows_is_still_a_configuration_error(tmp_path):
+    """--skip-bad-rows must not turn a misspelt --key into 'every row failed'."""
+    data = write_jsonl(tmp_path / "data.jsonl", make_records(10))
+    result = durabatch_cli("run", "-i", data, "--key", "ID", "--fn", "jobs:digest", "--run-dir", tmp_path / "r",
+                           "--progress", "off", "--skip-bad-rows", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "'ID'" in result.stderr and "data.jsonl" in result.stderr and "columns: id, text" in result.stderr
+    assert committed_rows(tmp_path / "r") == 0
+
+
+def test_a_null_key_is_named_as_null(tmp_path):
+    data = write_jsonl(tmp_path / "data.jsonl", [{"id": 0}, {"id": None}, {"id": 2}])
+    result = run(tmp_path, data)
+    assert result.returncode == 2 and "key column 'id' is null" in result.stderr and "line 2" in result.stderr
+
+
 def test_row_missing_its_key_with_skip_bad_rows_is_a_recorded_failure(tmp_path):
     """--skip-bad-rows turns a bad row into a recorded failure; a row without its key is one (the error message
     itself suggests --skip-bad-rows)."""

@@ -272,10 +272,9 @@ def test_second_signal_during_the_grace_period_stops_at_once(tmp_path, records_f
     assert table.column("digest").to_pylist() == reference(n)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: stop handlers are installed only after setup and planning "
-                   "(runner.py); see the closing note of session 1")
 @pytest.mark.parametrize(("sig", "engine"), [pytest.param(signal.SIGTERM, "inline", id="SIGTERM-inline"),
-                                             pytest.param(signal.SIGINT, "threads", id="SIGINT-threads")])
+                                             pytest.param(signal.SIGINT, "threads", id="SIGINT-threads"),
+                                             pytest.param(signal.SIGTERM, "processes", id="SIGTERM-processes")])
 def test_stop_signal_while_the_function_sets_up_exits_75(tmp_path, records_file, sig, engine):
     """A model loading in setup() takes seconds: Ctrl-C or SIGTERM then is still a resumable stop (exit 75), not
     a death by signal or a KeyboardInterrupt exit."""

@@ -8,12 +8,13 @@ import heapq
 import json
 import time
 from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Any
 
 from .engines import Batch
 from .errors import InputError
 from .fanout import FanIn
-from .plan import Plan
+from .plan import Plan, missing_key
 from .settings import JobSettings
 from .sources import BadRow, Source
 
@@ -75,15 +76,19 @@ class Dispatch:
             return None
         picked_items: list[tuple[int, Any, dict]] = []
         try:
-            for item in self._items:
-                if item[0] in self.suspects:
-                    self._held = item
-                    break
-                picked_items.append(item)
-                if len(picked_items) >= self.chunk:
-                    break
+            if not self.suspects:
+                picked_items.extend(islice(self._items, self.chunk))  # in C; keeps what came before an error
+                self.source_done = len(picked_items) < self.chunk
             else:
-                self.source_done = True
+                for item in self._items:
+                    if item[0] in self.suspects:
+                        self._held = item
+                        break
+                    picked_items.append(item)
+                    if len(picked_items) >= self.chunk:
+                        break
+                else:
+                    self.source_done = True
         except InputError as exc:  # a bad row: the records before it still run, then the error stops the run
             if not picked_items:
                 raise
@@ -119,9 +124,7 @@ class Dispatch:
             else:
                 value = record.get(key)
                 if value is None:
-                    problem = (f"no key column '{key}' in this row (columns: {', '.join(map(str, record)) or 'none'})"
-                               if key not in record else f"key column '{key}' is null")
-                    self.on_bad_row(pos, src.where(line), problem)
+                    self.on_bad_row(pos, src.where(line), missing_key(record, key))
                     continue
             if skip_keys is not None and str(value) in skip_keys:
                 continue

@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import job, shards
-from .errors import ChangedJobError, InputError
+from .errors import ChangedJobError, ConfigError, InputError
 from .intervals import Intervals
 from .ledger import Ledger, RunDir
 from .settings import JobSettings
-from .sources import BadRow, Source
+from .sources import BadRow, IterableSource, Source
 
 
 @dataclass
@@ -129,14 +129,18 @@ def _check_keys(source: Source, settings: JobSettings) -> tuple[int | None, set[
         return count, set(), False  # sorted keys are distinct: checked in one streaming pass, no memory
     keys = source.key_column(settings.key)
     if keys is None:
+        _check_key_exists(source, settings.key)
         return source.count(), set(), True
     count = len(keys)
+    if count and keys.null_count == count:  # a misspelt --key: a configuration error, not count bad rows
+        raise ConfigError(f"{source.describe()}: no row has a value for the key column '{settings.key}'"
+                          f"{_columns_hint(source)}. Check --key.")
     unique = all_distinct(keys)
     del keys
     pa.default_memory_pool().release_unused()  # give the pass's memory back before the long run
     if unique:
         return count, set(), False
-    return count, find_duplicates(source, settings.key, settings.dedupe), False
+    return count, find_duplicates(source, settings.key, settings.dedupe, settings.skip_bad_rows), False
 
 
 def _strictly_increasing(source: Source, key: str) -> int | None:
@@ -183,18 +187,22 @@ def _sorted_distinct(values: pa.Array) -> bool:
     return not pc.any(pc.equal(ordered[1:], ordered[:-1])).as_py()
 
 
-def find_duplicates(source: Source, key: str, dedupe: bool) -> set[int]:
+def find_duplicates(source: Source, key: str, dedupe: bool, skip_bad_rows: bool = False) -> set[int]:
     """The slow, exact pass, taken only when duplicates (or missing keys) exist: name the rows, or with dedupe
-    return the positions of every later occurrence."""
+    return the positions of every later occurrence. A row without its key is an error here, before anything
+    runs, unless bad rows are skipped: then the run records it as a failure at its position."""
     seen: dict[Any, str] = {}
     later: set[int] = set()
     for pos, line, record in source.rows(lambda p: True, None):
         if type(record) is BadRow:
             continue  # reported, with its line, by the run itself
         where = source.where(line)
-        if key not in record or record[key] is None:
-            raise InputError(f"{where}: no key column '{key}' in this row (columns: {', '.join(map(str, record))})")
-        value = record[key]
+        value = record.get(key)
+        if value is None:
+            if skip_bad_rows:
+                continue
+            raise InputError(f"{where}: {missing_key(record, key)}. Fix the row, or pass --skip-bad-rows to record "
+                             "it as a failure.")
         first = seen.setdefault(value, where)
         if first is not where:
             if not dedupe:
@@ -202,3 +210,35 @@ def find_duplicates(source: Source, key: str, dedupe: bool) -> set[int]:
                                  "pass --dedupe to keep the first occurrence.")
             later.add(pos)
     return later
+
+
+def missing_key(record: dict, key: str) -> str:
+    if key in record:
+        return f"key column '{key}' is null"
+    return f"no key column '{key}' in this row (columns: {', '.join(map(str, record)) or 'none'})"
+
+
+def _check_key_exists(source: Source, key: str, sample: int = 1000) -> None:
+    """When keys are checked row by row, a misspelt --key would otherwise surface as every row failing.
+    (Not for Python iterables: a generator read here would be used up.)"""
+    if isinstance(source, IterableSource):
+        return
+    columns: dict[str, None] = {}
+    for n, (_, _, record) in enumerate(source.rows(lambda p: True, None)):
+        if n >= sample:
+            break
+        if type(record) is not BadRow:
+            if key in record:
+                return
+            columns.update(dict.fromkeys(map(str, record)))
+    if columns:
+        raise ConfigError(f"{source.describe()}: none of the first {min(n + 1, sample):,} rows has the key column "
+                          f"'{key}' (columns: {', '.join(columns)}). Check --key.")
+
+
+def _columns_hint(source: Source) -> str:
+    """' (columns: a, b)' from the first readable row, to show what --key could be."""
+    for _, _, record in source.rows(lambda p: True, None):
+        if type(record) is not BadRow:
+            return f" (columns: {', '.join(map(str, record)) or 'none'})"
+    return ""

@@ -82,6 +82,14 @@ class Run:
     def execute(self) -> RunSummary:
         t0 = time.monotonic()
         wall_deadline(self.settings.deadline, self.settings.deadline_at, time.time())  # bad values fail early
+        # From here on a signal is a resumable stop, also while planning or while setup() loads a model.
+        self.stop.install()
+        try:
+            return self._execute(t0)
+        finally:
+            self.stop.restore()
+
+    def _execute(self, t0: float) -> RunSummary:
         current = job.fingerprint(self.target, self.settings, self.source.identity())
         if self.fanin is not None:
             current["fan_out"] = {"split": job.code_hash(self.fanin.split_fn),
@@ -111,7 +119,9 @@ class Run:
         for message in messages + plan.messages + self._resume_message(plan):
             self.observers.on_message(message)
         stopped, error = None, None
-        if not plan.nothing_to_do:
+        if self.stop.requested and not plan.nothing_to_do:
+            stopped = self.stop.reason  # signalled while planning: nothing started, nothing to finish
+        elif not plan.nothing_to_do:
             stopped, error = self._work(run_id, t0, review.suspects)
         self.stats.elapsed = time.monotonic() - t0
         failed_total = sum(self.ledger.count_failures(s)
@@ -149,12 +159,16 @@ class Run:
                                       "stopped); use --engine processes")
         engine = make_engine(self.engine_name, self.settings.workers, self.settings.item_timeout,
                              parse_size(self.settings.max_worker_memory), self.settings.concurrency, self.limits)
-        engine.start(Work(self.target, self.settings.batch_size is not None, self.settings.cleanup_every))
+        try:
+            with self._interruptible():  # a second Ctrl-C while setup() runs stops at once
+                engine.start(Work(self.target, self.settings.batch_size is not None, self.settings.cleanup_every))
+        except KeyboardInterrupt:
+            engine.close(cancel=True)
+            return self.stop.reason or "SIGINT", None
         self.memory = MemoryWatch(parse_size(self.settings.max_memory), parse_size(self.settings.max_gpu_memory))
         self.dispatch = Dispatch(self.source, self.plan, self.settings, suspects, self._bad_row, self.fanin)
         self.journal = poison.Journal(self.rd.inflight, durable=self.settings.at_most_once)
         self.committer = Committer(self.ledger, self.rd, self.settings.output_format, self.key_column, run_id)
-        self.stop.install()
         self.deadline = wall_deadline(self.settings.deadline, self.settings.deadline_at, self.started)
         if self.deadline:
             left = self.deadline[0] - time.time()
@@ -172,7 +186,6 @@ class Run:
                 self.stop.request("SIGINT")
             cancel = self._drain(engine, t0)
         finally:
-            self.stop.restore()
             engine.close(cancel=cancel)
             self._commit_now()
             try:

@@ -9,7 +9,7 @@ import glob
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from .errors import ConfigError, InputError
+from .jsonl import jsonl_rows
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
            ".parquet": "parquet", ".pq": "parquet"}
@@ -73,15 +74,11 @@ class FileSource:
             self.current = path
             reader = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}[_fmt(path)]
             try:
-                for p, where, record in reader(path, pos, wanted, end):
-                    if record is None:  # end of this file: the next one starts at p
-                        pos = p
-                        break
-                    yield p, where, record
-                else:
+                pos = yield from reader(path, pos, wanted, end)  # where the next file's positions start
+                if pos is None:  # `end` reached
                     return
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{path}: not valid UTF-8 text ({exc})") from None
+            except csv.Error as exc:
+                raise InputError(f"{path}: cannot read as CSV ({exc})") from None
 
     def where(self, line: Any) -> str:
         return f"{self.current} line {line}" if _fmt(self.current) != "parquet" else f"{self.current} row {line}"
@@ -242,8 +239,9 @@ def _arrow_key_batches(path: str, key: str) -> Iterator[pa.Array]:
 
     with open(path, "rb") as f:
         first = next((line for line in f if not line.isspace()), None)
-    value = json.loads(first)[key] if first else None
-    key_type = pa.int64() if isinstance(value, int) else pa.string() if isinstance(value, str) else None
+    value = json.loads(first).get(key) if first else None
+    # No key in the first row: read as text, so that a key missing everywhere shows as all nulls.
+    key_type = pa.int64() if isinstance(value, int) else pa.string() if isinstance(value, str | None) else None
     if key_type is None:
         raise ValueError("key is neither an integer nor a string")
     schema = pa.schema([(key, key_type)])
@@ -253,49 +251,44 @@ def _arrow_key_batches(path: str, key: str) -> Iterator[pa.Array]:
         yield batch.column(0)
 
 
-def _jsonl_rows(path: str, pos: int, wanted: Wanted, end: int | None) -> Iterator:
-    # Text lines and the decoder's raw_decode: json.loads on bytes spends a third of its time detecting encodings.
-    raw_decode = json.JSONDecoder().raw_decode
-    with open(path, encoding="utf-8", newline="\n") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.isspace() or not line:
-                continue
-            if end is not None and pos >= end:
-                return
-            if wanted(pos):
-                try:
-                    record, stop = raw_decode(line, len(line) - len(line.lstrip()))
-                    if line[stop:].strip():
-                        raise ValueError(f"extra data after the JSON value at column {stop + 1}")
-                except ValueError as exc:
-                    record = BadRow(f"{path} line {lineno}", f"malformed JSON: {exc}")
-                else:
-                    if not isinstance(record, dict):
-                        record = BadRow(f"{path} line {lineno}", f"expected a JSON object, got {type(record).__name__}")
-                yield pos, lineno, record
-            pos += 1
-    yield pos, None, None  # end of file: where the next file's positions start
+def _jsonl_rows(path: str, pos: int, wanted: Wanted, end: int | None) -> Generator:
+    return (yield from jsonl_rows(path, pos, wanted, end, BadRow))
 
 
-def _csv_rows(path: str, pos: int, wanted: Wanted, end: int | None) -> Iterator:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
+def _csv_rows(path: str, pos: int, wanted: Wanted, end: int | None) -> Generator:
+    not_utf8: set[int] = set()  # line numbers; a row is bad if any of its lines is
+
+    def text_lines(f: Iterable[bytes]) -> Iterator[str]:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                not_utf8.add(lineno)
+                yield raw.decode("utf-8", "replace")
+
+    with open(path, "rb") as f:
+        reader = csv.DictReader(text_lines(f))
+        if reader.fieldnames is not None and 1 in not_utf8:
+            raise InputError(f"{path} line 1: the header is not valid UTF-8 text")
+        last = reader.line_num  # a row spans the lines after the previous row: a quoted field may hold newlines
         for record in reader:
             if end is not None and pos >= end:
                 return
+            lineno, first, last = reader.line_num, last + 1, reader.line_num
             if wanted(pos):
-                lineno = reader.line_num
-                if None in record or None in record.values():
+                if not_utf8 and not not_utf8.isdisjoint(range(first, lineno + 1)):
+                    yield pos, lineno, BadRow(f"{path} line {lineno}", "not valid UTF-8 text")
+                elif None in record or None in record.values():
                     n = len(reader.fieldnames or ())
                     got = n + len(record.get(None) or ()) - sum(v is None for v in record.values())
                     yield pos, lineno, BadRow(f"{path} line {lineno}", f"expected {n} fields, got {got}")
                 else:
                     yield pos, lineno, record
             pos += 1
-    yield pos, None, None
+    return pos
 
 
-def _parquet_rows(path: str, pos: int, wanted: Wanted, end: int | None) -> Iterator:
+def _parquet_rows(path: str, pos: int, wanted: Wanted, end: int | None) -> Generator:
     import pyarrow.parquet as pq
 
     first = pos
@@ -310,6 +303,6 @@ def _parquet_rows(path: str, pos: int, wanted: Wanted, end: int | None) -> Itera
             if end is not None and pos >= end:
                 return
             if wanted(pos):
-                yield pos, pos - first, record
+                yield pos, pos - first + 1, record  # rows named from 1, like lines
             pos += 1
-    yield pos, None, None
+    return pos

@@ -1,0 +1,139 @@
+"""Reading JSON lines fast and exactly: blocks of whole lines are parsed by Arrow in C when Arrow's records are
+provably the ones `json.loads` would give; any other block is read line by line in Python, which names the line
+of every bad row (malformed JSON, not an object, not UTF-8)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pjson
+
+BLOCK = 1 << 18  # bytes parsed at a time: ~10k short records, ~3 MB of Python objects at most
+GIVE_UP = 3  # blocks Arrow could not read faithfully before the rest of the file goes the Python way
+
+
+def jsonl_rows(path: str, pos: int, wanted: Callable[[int], bool], end: int | None, bad: Callable[[str, str], Any],
+               block_size: int = BLOCK) -> Generator[tuple[int, int, Any], None, int | None]:
+    """Yields (position, line number, record or bad(where, message)) for the non-blank lines of `path`, positions
+    from `pos`; returns the position after the file's last (where the next file starts), or None at `end`."""
+    misses = 0
+    lineno = 0
+    with open(path, "rb") as f:
+        for block in line_blocks(f, block_size):
+            lines = block.count(b"\n") + (not block.endswith(b"\n"))
+            if misses < GIVE_UP:
+                # Positions count non-blank lines; these picks are right whenever Arrow accepts the block,
+                # which it only does when every line holds one record.
+                stop = lines if end is None else max(0, min(lines, end - pos))
+                picks = [i for i in range(stop) if wanted(pos + i)]
+                records = arrow_records(block, lines, picks) if picks else None
+                if records is not None:
+                    for i, record in zip(picks, records, strict=True):
+                        yield pos + i, lineno + i + 1, record
+                    if stop < lines:
+                        return None
+                    pos += lines
+                    lineno += lines
+                    continue
+                misses += bool(picks)
+            for line in _text_lines(block):
+                lineno += 1
+                if line is not None and (not line or line.isspace()):
+                    continue
+                if end is not None and pos >= end:
+                    return None
+                if wanted(pos):
+                    yield pos, lineno, _parse(line, f"{path} line {lineno}", bad)
+                pos += 1
+    return pos
+
+
+def line_blocks(f: BinaryIO, size: int = BLOCK) -> Iterator[bytes]:
+    """Blocks of about `size` bytes that end at a line end (a longer line makes a longer block)."""
+    tail = b""
+    while True:
+        chunk = f.read(size)
+        if not chunk:
+            if tail:
+                yield tail
+            return
+        cut = chunk.rfind(b"\n")
+        if cut < 0:
+            tail += chunk
+            continue
+        yield tail + chunk[:cut + 1]
+        tail = chunk[cut + 1:]
+
+
+def arrow_records(block: bytes, lines: int, picks: list[int]) -> list[dict] | None:
+    """The records at `picks` (line indexes in the block), or None unless Arrow read exactly one record per line
+    and every value converts back to what json.loads gives (no nulls or missing fields, no timestamps, no
+    integral floats: Arrow turns `1` into `1.0` in a column that also holds `1.5`)."""
+    try:
+        table = pjson.read_json(pa.py_buffer(block), read_options=pjson.ReadOptions(
+            use_threads=False, block_size=len(block) + 1))
+    except Exception:  # noqa: BLE001 - bad JSON, bad UTF-8, duplicate fields...: the Python path says which line
+        return None
+    if table.num_rows != lines or table.num_columns == 0:  # blank lines or two objects on a line
+        return None
+    if not all(_faithful(chunk) for column in table.columns for chunk in column.chunks):
+        return None
+    if len(picks) < lines:
+        table = table.take(picks)
+    try:
+        return table.to_pylist()
+    except UnicodeDecodeError:  # Arrow passes bytes through; Python's decoding is the UTF-8 check
+        return None
+
+
+def _faithful(values: pa.Array) -> bool:
+    kind = values.type
+    if values.null_count:
+        return False
+    if not len(values) or pa.types.is_int64(kind) or pa.types.is_string(kind) or pa.types.is_boolean(kind):
+        return True
+    if pa.types.is_float64(kind):
+        return not pc.any(pc.equal(pc.floor(values), values)).as_py()
+    if pa.types.is_list(kind):
+        return _faithful(values.flatten())
+    if pa.types.is_struct(kind):
+        return all(_faithful(values.field(i)) for i in range(kind.num_fields))
+    return False
+
+
+_decode = json.JSONDecoder().raw_decode
+
+
+def _text_lines(block: bytes) -> Iterator[str | None]:
+    """The block's lines as text; None for a line that is not UTF-8. Decoding the block at once is the common,
+    fast case; only a block with a bad byte is decoded line by line to find it."""
+    try:
+        lines: list[str | None] = block.decode("utf-8").split("\n")  # type: ignore[assignment]
+    except UnicodeDecodeError:
+        lines = []
+        for raw in block.split(b"\n"):
+            try:
+                lines.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                lines.append(None)
+    if block.endswith(b"\n"):
+        lines.pop()
+    return iter(lines)
+
+
+def _parse(line: str | None, where: str, bad: Callable[[str, str], Any]) -> Any:
+    if line is None:
+        return bad(where, "not valid UTF-8 text")
+    try:
+        record, stop = _decode(line, len(line) - len(line.lstrip()))
+        if line[stop:].strip():
+            raise ValueError(f"extra data after the JSON value at column {stop + 1}")
+    except ValueError as exc:
+        return bad(where, f"malformed JSON: {exc}")
+    if not isinstance(record, dict):
+        return bad(where, f"expected a JSON object, got {type(record).__name__}")
+    return record
