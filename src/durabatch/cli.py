@@ -117,6 +117,25 @@ def status_command(
     typer.echo(as_json(info) if json_out else render(info))
 
 
+@app.command("report")
+def report_command(
+    run_dir: Path = typer.Argument(..., help="The run directory: a job's (ledger) or a checkpointed loop's."),
+    to: Optional[Path] = typer.Option(None, "--to", help="Where to write the HTML file "  # noqa: UP045
+                                      "(default: RUN_DIR/report.html)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report's series and tables as JSON instead "
+                                  "of the text summary."),
+) -> None:
+    """Write one self-contained HTML report with charts: items done and items/s, failures by type and runs for a
+    job; each recorded metric by step and steps/s for a loop. Reads the ledger read-only, safe while it runs."""
+    from .report import as_json, render_text, write
+
+    try:
+        path, data = write(run_dir, to)
+    except (DurabatchError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(as_json(data) if json_out else f"wrote {path}\n{render_text(data)}")
+
+
 @app.command("export")
 def export_command(
     run_dir: Path = typer.Argument(..., help="The job's run directory."),
