@@ -2,11 +2,13 @@
 positions and line numbers are exactly what `json.loads` over each non-blank line gives."""
 
 import json
+import threading
+import time
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from durabatch.jsonl import arrow_records, jsonl_rows, line_blocks
+from durabatch.jsonl import arrow_records, jsonl_blocks, line_blocks
 
 
 def bad(where, message):
@@ -31,10 +33,10 @@ def reference(data: bytes, path: str):
 def read(path, block_size, wanted=lambda p: True, end=None):
     """The rows, and the reader's return value: the next file's first position (None when `end` stopped it)."""
     rows = []
-    reader = jsonl_rows(str(path), 0, wanted, end, bad, block_size=block_size)
+    reader = jsonl_blocks(str(path), 0, wanted, end, bad, block_size=block_size)
     while True:
         try:
-            rows.append(next(reader))
+            rows.extend(zip(*next(reader), strict=True))
         except StopIteration as stop:
             next_pos = stop.value
             break
@@ -51,7 +53,7 @@ lines = st.one_of(records.map(json.dumps), records.map(json.dumps), records.map(
                                    '{"text": "caf\\u00e9 \\ud83d\\ude00"}', '{"a": 1.0}', '{"a": 1, "a": 2}']))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(lines, max_size=60), st.integers(16, 400), st.booleans())
 def test_every_block_path_reads_what_json_loads_reads(tmp_path, content, block_size, final_newline):
     data = "\n".join(content).encode() + (b"\n" if final_newline and content else b"")
@@ -84,7 +86,33 @@ def test_uniform_records_take_the_arrow_path_and_keep_line_numbers(tmp_path):
 def test_a_line_that_is_not_utf8_is_a_bad_row_with_its_line(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_bytes(b'{"id": 1}\n\n{"id": 2, "t": "caf\xe9"}\n{"id": 3}\n')
-    rows = list(jsonl_rows(str(path), 0, lambda p: True, None, bad))
+    rows = [row for block in jsonl_blocks(str(path), 0, lambda p: True, None, bad) for row in zip(*block, strict=True)]
     assert rows[0] == (0, 1, {"id": 1})
     assert rows[1] == (1, 3, ("BAD", f"{path} line 3", "not valid UTF-8 text"))
     assert rows[2] == (2, 4, {"id": 3})
+
+
+def test_arrow_quirks_fall_back_to_exact_records(tmp_path):
+    """Blocks Arrow would read differently than json.loads: an invalid list array from [null, 0] (pyarrow 26), a date
+    string (a timestamp), an int next to a float (1.0), a missing field (None)."""
+    cases = ['{"id": [null, 0]}', '{"d": "2020-01-01"}', '{"x": 1}\n{"x": 1.5}', '{"a": 1, "b": 2}\n{"a": 3}']
+    for n, text in enumerate(cases):
+        path = tmp_path / f"q{n}.jsonl"
+        path.write_text(text + "\n")
+        got, _ = read(path, 1 << 16)
+        assert [r for _, _, r in got] == [json.loads(line) for line in text.splitlines()], text
+        assert [type(v) for _, _, r in got for v in r.values()] == \
+            [type(v) for line in text.splitlines() for v in json.loads(line).values()]
+
+
+def test_the_read_ahead_thread_ends_when_the_reader_is_closed(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(20000)))
+    reader = jsonl_blocks(str(path), 0, lambda p: True, None, bad, block_size=1024)
+    first = next(reader)
+    assert first[0][0] == 0
+    reader.close()  # e.g. a --limit reached, or a stop
+    deadline = time.monotonic() + 10
+    while any(t.name == "durabatch-read-ahead" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "durabatch-read-ahead" for t in threading.enumerate())

@@ -30,9 +30,17 @@ class Pending:
     outputs: list[Any] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     meta: dict | None = None  # ledger meta to record in the same transaction (e.g. API metrics for `status`)
+    shard: Shard | None = None  # the encoded results, once submitted
 
     def __len__(self) -> int:
         return len(self.positions) + len(self.failures)
+
+
+@dataclass(frozen=True)
+class Shard:
+    data: bytes
+    rows: int
+    spans: list[tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -62,8 +70,17 @@ class Committer:
         self._thread.start()
 
     def submit(self, pending: Pending) -> None:
-        if self.error is None:
-            self._queue.put(pending)
+        """Encode the shard here, then hand it over. Encoding is mostly Python work that would only wait for the
+        GIL in the background thread (at every handover); what the thread gets is pure I/O, and a queued commit
+        holds compressed bytes instead of Python objects."""
+        if self.error is not None:
+            return
+        try:
+            pending.shard = encode(pending, self.fmt, self.key_column)
+        except BaseException as exc:  # noqa: BLE001 - handed to the run loop, like a failed write
+            self.error = exc
+            return
+        self._queue.put(pending)
 
     def close(self) -> None:
         """Commit everything submitted, then stop. Raises the first commit error."""
@@ -97,20 +114,28 @@ class Committer:
         return done
 
 
+def encode(pending: Pending, fmt: str, key_column: str) -> Shard | None:
+    """The shard's bytes, rows in source order; the Python objects are released."""
+    if not pending.positions:
+        return None
+    positions, keys, outputs = pending.positions, pending.keys, pending.outputs
+    if positions != sorted(positions):  # retries and parallel engines finish out of order
+        order = sorted(range(len(positions)), key=positions.__getitem__)
+        positions = [positions[i] for i in order]
+        keys = [keys[i] for i in order]
+        outputs = [outputs[i] for i in order]
+    table = shards.build_table(key_column, keys, outputs)
+    spans = intervals.from_sorted(positions)
+    pending.keys, pending.outputs = [], []
+    return Shard(shards.serialize(table, fmt, spans), table.num_rows, spans)
+
+
 def commit(ledger: Ledger, run_dir: RunDir, pending: Pending, fmt: str, key_column: str, run_id: int) -> Committed:
     """Shard durable first (temp, fsync, rename, fsync dir), then one ledger transaction lists it."""
+    shard = pending.shard if pending.shard is not None else encode(pending, fmt, key_column)
     record = None
-    if pending.positions:
-        positions, keys, outputs = pending.positions, pending.keys, pending.outputs
-        if any(a > b for a, b in zip(positions, positions[1:], strict=False)):
-            order = sorted(range(len(positions)), key=positions.__getitem__)
-            positions = [positions[i] for i in order]
-            keys = [keys[i] for i in order]
-            outputs = [outputs[i] for i in order]
-        table = shards.build_table(key_column, keys, outputs)
-        spans = intervals.from_sorted(positions)
-        data = shards.serialize(table, fmt, spans)
-        record = shards.write_atomic(run_dir.shards, data, table.num_rows, spans, fmt)
+    if shard is not None:
+        record = shards.write_atomic(run_dir.shards, shard.data, shard.rows, shard.spans, fmt)
     ledger.commit(record, pending.failures, run_id, pending.meta)
     return Committed(len(pending.positions), len(pending.failures), record.name if record else None,
                      record.bytes if record else 0)

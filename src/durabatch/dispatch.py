@@ -8,7 +8,7 @@ import heapq
 import json
 import time
 from collections.abc import Callable, Iterator
-from itertools import islice
+from operator import itemgetter
 from typing import Any
 
 from .engines import Batch
@@ -16,7 +16,7 @@ from .errors import InputError
 from .fanout import FanIn
 from .plan import Plan, missing_key
 from .settings import JobSettings
-from .sources import BadRow, Source
+from .sources import BadRow, Block, Source
 
 BadRowHook = Callable[[int, str, str], None]  # (position, where, message): raise, or record a failure
 
@@ -34,7 +34,10 @@ class Dispatch:
         # Items to run again: (ready_at, attempt, solo, pos, key, record).
         self._retries: list[tuple[float, int, bool, int, Any, dict]] = []
         self._held: tuple[int, Any, dict] | None = None  # a suspect waiting for the engine to be idle
-        self._items = self._stream()
+        self._seen: dict[Any, str] | None = {} if plan.check_keys_in_stream else None
+        self._blocks = self._stream()
+        self._block: Block = ([], [], [])  # the stream's current block, taken from `_offset` on
+        self._offset = 0
         self._ids = 0
         self._error: InputError | None = None
         self.source_done = False
@@ -74,32 +77,44 @@ class Dispatch:
             raise self._error
         if self.source_done:
             return None
-        picked_items: list[tuple[int, Any, dict]] = []
+        positions: list[int] = []
+        keys: list[Any] = []
+        records: list[dict] = []
         try:
-            if not self.suspects:
-                picked_items.extend(islice(self._items, self.chunk))  # in C; keeps what came before an error
-                self.source_done = len(picked_items) < self.chunk
-            else:
-                for item in self._items:
-                    if item[0] in self.suspects:
-                        self._held = item
-                        break
-                    picked_items.append(item)
-                    if len(picked_items) >= self.chunk:
-                        break
-                else:
-                    self.source_done = True
+            while len(positions) < self.chunk:  # slices of the stream's blocks: no per-item work here
+                if self._offset >= len(self._block[0]):
+                    self._block, self._offset = next(self._blocks), 0
+                o, take = self._offset, self.chunk - len(positions)
+                block_positions, block_keys, block_records = self._block
+                cut = block_positions[o:o + take]
+                if self.suspects and not self.suspects.isdisjoint(cut):
+                    at = next(i for i, p in enumerate(cut) if p in self.suspects)
+                    positions += cut[:at]
+                    keys += block_keys[o:o + at]
+                    records += block_records[o:o + at]
+                    self._held = (cut[at], block_keys[o + at], block_records[o + at])
+                    self._offset = o + at + 1
+                    break
+                positions += cut
+                keys += block_keys[o:o + take]
+                records += block_records[o:o + take]
+                self._offset = o + len(cut)
+        except StopIteration:
+            self.source_done = True
         except InputError as exc:  # a bad row: the records before it still run, then the error stops the run
-            if not picked_items:
+            if not positions:
                 raise
             self._error = exc
-        if picked_items:
-            return self._batch(picked_items, 1, False)
+        if positions:
+            return self._new_batch(positions, keys, records, 1, False)
         return self.next_batch(idle) if self._held is not None and idle else None
 
     def _batch(self, items: list[tuple[int, Any, dict]], attempt: int, solo: bool) -> Batch:
+        return self._new_batch([i[0] for i in items], [i[1] for i in items], [i[2] for i in items], attempt, solo)
+
+    def _new_batch(self, positions: list[int], keys: list, records: list, attempt: int, solo: bool) -> Batch:
         self._ids += 1
-        return Batch(self._ids, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], attempt, solo)
+        return Batch(self._ids, positions, keys, records, attempt, solo)
 
     def observe(self, seconds: float, items: int) -> None:
         """Per-record functions go out in chunks of about 20 ms of work: cheap functions amortise dispatch, slow
@@ -109,34 +124,55 @@ class Dispatch:
             target = int(0.02 / per_item) if per_item > 0 else 1000
             self.chunk = max(1, min(1000, self.settings.commit_every, target))
 
-    def _stream(self) -> Iterator[tuple[int, Any, dict]]:
-        """Keyed records to do, in source order. Bad rows go to the hook, which raises or records them."""
-        plan, key, src, dedupe = self.plan, self.settings.key, self.source, self.settings.dedupe
-        seen: dict[Any, str] | None = {} if plan.check_keys_in_stream else None
-        skip_keys = plan.skip_keys
-        for pos, line, record in src.rows(plan.wanted, plan.hi):
-            if type(record) is BadRow:
-                self.on_bad_row(pos, record.where, record.message)
-                continue
-            if key is None:
-                value = hashlib.blake2b(json.dumps(record, sort_keys=True, default=str).encode(),
-                                        digest_size=8).hexdigest()
-            else:
-                value = record.get(key)
-                if value is None:
-                    self.on_bad_row(pos, src.where(line), missing_key(record, key))
+    def _stream(self) -> Iterator[Block]:
+        """Blocks of keyed records to do, in source order. Bad rows go to the hook, which raises or records them."""
+        key = self.settings.key
+        simple = key is not None and not self.plan.check_keys_in_stream and self.plan.skip_keys is None \
+            and self.fanin is None
+        for positions, lines, records in self.source.blocks(self.plan.wanted, self.plan.hi):
+            if simple:  # the common case: keys checked before the run, every row a record with its key
+                try:
+                    keys = list(map(itemgetter(key), records))  # in C; a bad row or a missing key raises
+                except (KeyError, TypeError):
+                    keys = [None]
+                if None not in keys:
+                    yield positions, keys, records
                     continue
-            if skip_keys is not None and str(value) in skip_keys:
-                continue
-            if seen is not None:
-                if value in seen:
-                    if dedupe:
+            yield from self._one_by_one(positions, lines, records)
+
+    def _one_by_one(self, positions: list[int], lines: list, records: list) -> Iterator[Block]:
+        plan, key, src, dedupe = self.plan, self.settings.key, self.source, self.settings.dedupe
+        seen = self._seen
+        out: Block = ([], [], [])
+        try:
+            for pos, line, record in zip(positions, lines, records, strict=True):
+                if type(record) is BadRow:
+                    self.on_bad_row(pos, record.where, record.message)
+                    continue
+                if key is None:
+                    value = hashlib.blake2b(json.dumps(record, sort_keys=True, default=str).encode(),
+                                            digest_size=8).hexdigest()
+                else:
+                    value = record.get(key)
+                    if value is None:
+                        self.on_bad_row(pos, src.where(line), missing_key(record, key))
                         continue
-                    raise InputError(f"duplicate key {self.key_column}={value!r}: {seen[value]} and "
-                                     f"{src.where(line)}. Pass --dedupe to keep the first occurrence.")
-                seen[value] = src.where(line)
-            if self.fanin is not None:
-                for segment in self.fanin.split(pos, value, record):
-                    yield pos, value, segment
-                continue
-            yield pos, value, record
+                if plan.skip_keys is not None and str(value) in plan.skip_keys:
+                    continue
+                if seen is not None:
+                    if value in seen:
+                        if dedupe:
+                            continue
+                        raise InputError(f"duplicate key {self.key_column}={value!r}: {seen[value]} and "
+                                         f"{src.where(line)}. Pass --dedupe to keep the first occurrence.")
+                    seen[value] = src.where(line)
+                for segment in self.fanin.split(pos, value, record) if self.fanin is not None else (record,):
+                    out[0].append(pos)
+                    out[1].append(value)
+                    out[2].append(segment)
+        except InputError:
+            if out[0]:
+                yield out  # the rows before a bad one still run
+            raise
+        if out[0]:
+            yield out

@@ -10,6 +10,9 @@ from collections.abc import Iterable
 
 
 def from_sorted(positions: Iterable[int]) -> list[tuple[int, int]]:
+    """Spans of distinct positions in increasing order."""
+    if isinstance(positions, list) and positions and positions[-1] - positions[0] + 1 == len(positions):
+        return [(positions[0], positions[-1] + 1)]  # distinct and increasing, so contiguous: the common case
     spans: list[tuple[int, int]] = []
     start = end = None
     for p in positions:

@@ -125,6 +125,7 @@ def _check_keys(source: Source, settings: JobSettings) -> tuple[int | None, set[
     if settings.key is None:
         return source.count(), set(), True
     count = _strictly_increasing(source, settings.key)
+    pa.default_memory_pool().release_unused()  # give the pass's memory back before the long run
     if count is not None:
         return count, set(), False  # sorted keys are distinct: checked in one streaming pass, no memory
     keys = source.key_column(settings.key)

@@ -13,6 +13,7 @@ import json
 import os
 import uuid
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,15 @@ SUFFIX = {"parquet": ".parquet", "jsonl": ".jsonl"}
 
 def build_table(key_column: str, keys: list, outputs: list[Any]) -> pa.Table:
     """Results as a table: the key column first, then the function's fields (a non-dict result is "result")."""
-    if not all(type(o) is dict for o in outputs):
+    if set(map(type, outputs)) != {dict}:
         outputs = [o if type(o) is dict else {"result": o} for o in outputs]
     names = [n for n in dict.fromkeys(chain.from_iterable(outputs)) if n != key_column]
     columns = {key_column: keys}
     for name in names:
-        columns[name] = [o.get(name) for o in outputs]
+        try:
+            columns[name] = list(map(itemgetter(name), outputs))  # in C
+        except KeyError:  # a field some results lack
+            columns[name] = [o.get(name) for o in outputs]
     return pa.table({n: _to_array(n, v) for n, v in columns.items()})
 
 
@@ -55,7 +59,7 @@ def serialize(table: pa.Table, fmt: str, spans: list[tuple[int, int]] | None = N
             table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                    SPANS_META: json.dumps(spans).encode()})
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
+        pq.write_table(table, sink, compression="zstd", use_dictionary=False)  # keys, ids, texts: mostly unique
         return sink.getvalue().to_pybytes()
     lines = (json.dumps(row, default=str, ensure_ascii=False) for row in table.to_pylist())
     return ("\n".join(lines) + "\n").encode()

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from .errors import ConfigError, InputError
-from .jsonl import jsonl_rows
+from .jsonl import Block, jsonl_blocks
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
            ".parquet": "parquet", ".pq": "parquet"}
@@ -65,20 +65,30 @@ class FileSource:
             chunks = [c.cast(pa.string()) for c in chunks]
         return pa.chunked_array(chunks, type=chunks[0].type if chunks else pa.string())
 
-    def rows(self, wanted: Wanted, end: int | None) -> Iterator[tuple[int, Any, Any]]:
-        """(position, line number or row index, record or BadRow); `self.current` names the file being read."""
+    def blocks(self, wanted: Wanted, end: int | None) -> Iterator[Block]:
+        """(positions, line numbers or row numbers, records or BadRows) of the wanted rows, a block at a time;
+        `self.current` names the file being read."""
         pos = 0
         for path in self.paths:
             if end is not None and pos >= end:
                 return
             self.current = path
-            reader = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}[_fmt(path)]
+            fmt = _fmt(path)
+            if fmt == "jsonl":
+                reader = jsonl_blocks(path, pos, wanted, end, BadRow)
+            else:
+                reader = in_blocks((_csv_rows if fmt == "csv" else _parquet_rows)(path, pos, wanted, end))
             try:
-                pos = yield from reader(path, pos, wanted, end)  # where the next file's positions start
+                pos = yield from reader  # where the next file's positions start
                 if pos is None:  # `end` reached
                     return
             except csv.Error as exc:
                 raise InputError(f"{path}: cannot read as CSV ({exc})") from None
+
+    def rows(self, wanted: Wanted, end: int | None) -> Iterator[tuple[int, Any, Any]]:
+        """(position, line number or row number, record or BadRow), one at a time."""
+        for block in self.blocks(wanted, end):
+            yield from zip(*block, strict=True)
 
     def where(self, line: Any) -> str:
         return f"{self.current} line {line}" if _fmt(self.current) != "parquet" else f"{self.current} row {line}"
@@ -106,6 +116,9 @@ class IterableSource:
 
     def where(self, line: Any) -> str:
         return f"{self.name} item {line}"
+
+    def blocks(self, wanted: Wanted, end: int | None) -> Iterator[Block]:
+        return in_blocks(self.rows(wanted, end))
 
     def rows(self, wanted: Wanted, end: int | None) -> Iterator[tuple[int, Any, Any]]:
         for pos, record in enumerate(self.items):
@@ -141,6 +154,9 @@ class DatasetSource:
     def where(self, line: Any) -> str:
         return f"dataset row {line}"
 
+    def blocks(self, wanted: Wanted, end: int | None) -> Iterator[Block]:
+        return in_blocks(self.rows(wanted, end))
+
     def rows(self, wanted: Wanted, end: int | None) -> Iterator[tuple[int, Any, Any]]:
         pos = 0
         for batch in self.dataset.iter(batch_size=1024):
@@ -154,6 +170,25 @@ class DatasetSource:
 
 
 Source = FileSource | IterableSource | DatasetSource
+BLOCK_ROWS = 4096
+
+
+def in_blocks(rows: Iterator[tuple[int, Any, Any]], size: int = BLOCK_ROWS) -> Generator[Block, None, Any]:
+    """Rows grouped into blocks of `size`; returns what the rows generator returns."""
+    block: Block = ([], [], [])
+    while True:
+        try:
+            pos, line, record = next(rows)
+        except StopIteration as stop:
+            if block[0]:
+                yield block
+            return stop.value
+        block[0].append(pos)
+        block[1].append(line)
+        block[2].append(record)
+        if len(block[0]) >= size:
+            yield block
+            block = ([], [], [])
 
 
 def open_source(source: Any) -> Source:
@@ -249,10 +284,6 @@ def _arrow_key_batches(path: str, key: str) -> Iterator[pa.Array]:
     for batch in pjson.open_json(path, read_options=pjson.ReadOptions(use_threads=False, block_size=1 << 18),
                                  parse_options=options):
         yield batch.column(0)
-
-
-def _jsonl_rows(path: str, pos: int, wanted: Wanted, end: int | None) -> Generator:
-    return (yield from jsonl_rows(path, pos, wanted, end, BadRow))
 
 
 def _csv_rows(path: str, pos: int, wanted: Wanted, end: int | None) -> Generator:
