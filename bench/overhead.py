@@ -120,6 +120,19 @@ def arm_durabatch(path: Path, work: Path) -> int:
     return summary.done
 
 
+def durabatch_batch_fn(records: list[dict]) -> list[dict]:
+    return [{"digest": digest(r["text"])} for r in records]
+
+
+def arm_durabatch_batched(path: Path, work: Path) -> int:
+    """durabatch with a batch function (lists in, lists out): the shape of HF's map(batched=True)."""
+    import durabatch
+
+    summary = durabatch.run(durabatch_batch_fn, source=str(path), key="id", run_dir=str(work / "run"),
+                            batch_size=1000, progress="off")
+    return summary.done
+
+
 def arm_durabatch_rerun(path: Path, work: Path) -> int:
     """The same job run again on its finished run directory: nothing to do."""
     import durabatch
@@ -130,12 +143,13 @@ def arm_durabatch_rerun(path: Path, work: Path) -> int:
 
 
 ARMS = {"bare": arm_bare, "hf_map": arm_hf_map, "seed000": arm_seed000, "seed002": arm_seed002,
-        "durabatch": arm_durabatch, "durabatch_rerun": arm_durabatch_rerun}
+        "durabatch": arm_durabatch, "durabatch_batched": arm_durabatch_batched,
+        "durabatch_rerun": arm_durabatch_rerun}
 
 
 # -- the harness -----------------------------------------------------------------------------------------------
 IMPORTS = {"bare": ["pyarrow.parquet"], "hf_map": ["datasets"], "durabatch": ["durabatch"],
-           "durabatch_rerun": ["durabatch"]}
+           "durabatch_batched": ["durabatch"], "durabatch_rerun": ["durabatch"]}
 
 
 def peak_rss() -> int:
@@ -196,7 +210,8 @@ def main() -> None:
         return child(args.child, args.n, args.work)
     big, seed000_n, seed002_n, huge = (100_000, 10_000, 2_000, 300_000) if args.quick else \
         (1_000_000, 100_000, 20_000, 3_000_000)
-    plan = [("bare", big), ("hf_map", big), ("durabatch", big), ("durabatch_rerun", big), ("durabatch", huge)]
+    plan = [("bare", big), ("hf_map", big), ("durabatch", big), ("durabatch_rerun", big),
+            ("durabatch_batched", big), ("hf_map", huge), ("durabatch", huge)]
     if not args.skip_slow:
         plan += [("seed000", seed000_n), ("seed002", seed002_n)]
     rows = []
@@ -204,8 +219,9 @@ def main() -> None:
     for arm, n in plan:
         work = last_run if arm == "durabatch_rerun" and last_run else Path(tempfile.mkdtemp(prefix=f"bench-{arm}-"))
         row = measure(arm, n, work)
-        if arm == "durabatch":
+        if arm.startswith("durabatch") and arm != "durabatch_rerun":
             verify(work, n)
+        if arm == "durabatch":
             last_run = work
         rows.append(row)
         print(f"{arm:>16} {n:>9,} items {row['seconds']:8.2f} s (process {row['wall']:6.2f} s) "

@@ -162,6 +162,21 @@ def test_duplicate_keys_name_both_rows_and_dedupe_keeps_the_first(tmp_path):
     assert table.column("text").to_pylist() == [f"item-{i}" for i in range(50)]  # id 7: the first occurrence
 
 
+def test_a_late_duplicate_in_a_large_input_commits_nothing(tmp_path):
+    """On a fresh run the key check runs while the first items are computed: they must not be committed before
+    it has passed, so a duplicate near the end still leaves the run directory empty."""
+    n = 200_000
+    lines = [f'{{"id": {i}, "text": "item-{i}"}}' for i in range(n)] + ['{"id": 1234, "text": "again"}']
+    data = write_lines(tmp_path / "data.jsonl", lines)
+    result = run(tmp_path, data, "--commit-every", "100", "--commit-seconds", "0.01", fn="jobs:echo")
+    assert result.returncode == 2, result.stderr
+    assert "id=1234" in result.stderr and "line 1235" in result.stderr and f"line {n + 1}" in result.stderr
+    assert committed_rows(tmp_path / "r") == 0
+    deduped = run(tmp_path, data, "--dedupe", fn="jobs:echo")
+    assert deduped.returncode == 0, deduped.stderr
+    assert export_ids(tmp_path / "r", tmp_path) == list(range(n))
+
+
 def test_duplicate_keys_out_of_order_in_csv(tmp_path):
     data = tmp_path / "data.csv"
     data.write_text("id,text\n" + "".join(f"{i},t{i}\n" for i in [5, 3, 9, 1, 3]))
