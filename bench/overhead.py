@@ -148,8 +148,10 @@ ARMS = {"bare": arm_bare, "hf_map": arm_hf_map, "seed000": arm_seed000, "seed002
 
 
 # -- the harness -----------------------------------------------------------------------------------------------
-IMPORTS = {"bare": ["pyarrow.parquet"], "hf_map": ["datasets"], "durabatch": ["durabatch"],
-           "durabatch_batched": ["durabatch"], "durabatch_rerun": ["durabatch"]}
+# pandas too: pyarrow imports it lazily at the first pa.array(list) when it is installed (0.2 s, an import, not
+# work); `datasets` imports it anyway.
+IMPORTS = {"bare": ["pyarrow.parquet", "pandas"], "hf_map": ["datasets"], "durabatch": ["durabatch", "pandas"],
+           "durabatch_batched": ["durabatch", "pandas"], "durabatch_rerun": ["durabatch", "pandas"]}
 
 
 def peak_rss() -> int:
