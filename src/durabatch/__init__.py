@@ -14,10 +14,10 @@ from .integrations.torch import TorchState
 from .loop import CallableState, Checkpointer, PickleState
 from .observe import Observer, Stats
 from .observe.floodguard import guard_logs
+from .output import export
 from .retry import RetryPolicy
 from .runner import RunSummary
 from .settings import JobSettings
-from .shards import export
 from .status import status
 
 __version__ = "0.1.0"

@@ -143,7 +143,7 @@ def export_command(
     failed: bool = typer.Option(False, "--failed", help="Write the failed items (key, error, attempts) instead."),
 ) -> None:
     """Merge the committed results into one file, in source order, with the key column."""
-    from .shards import export
+    from .output import export
 
     if to.suffix not in (".parquet", ".jsonl", ".ndjson", ".json"):
         _fail(f"{to}: export writes .parquet or .jsonl")

@@ -8,7 +8,6 @@ again under a new name."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import uuid
@@ -118,19 +117,6 @@ def read_shard(path: Path) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-def export(run_dir: str | os.PathLike, to: str | os.PathLike, failed: bool = False) -> int:
-    """Merge the committed results (or the failures) into one Parquet or JSONL file, in source order.
-    Returns the number of rows written."""
-    rd = RunDir(run_dir)
-    ledger = Ledger.open_readonly(rd)
-    try:
-        table = _failures_table(ledger) if failed else _results_table(rd, ledger)
-    finally:
-        ledger.close()
-    _write_export(table, Path(to))
-    return table.num_rows
-
-
 def done_keys(rd: RunDir, ledger: Ledger, key_column: str) -> set:
     """Keys of every committed result, as text (the ledger keeps failure keys as text too)."""
     keys: set = set()
@@ -140,49 +126,3 @@ def done_keys(rd: RunDir, ledger: Ledger, key_column: str) -> set:
             else read_shard(path).column(key_column)
         keys.update(str(k) for k in column.to_pylist())
     return keys
-
-
-def _results_table(rd: RunDir, ledger: Ledger) -> pa.Table:
-    tables, positions = [], []
-    for shard in ledger.shards():
-        table = read_shard(rd.shards / shard["name"])
-        tables.append(table)
-        positions.extend(p for s, e in shard["spans"] for p in range(s, e))
-    if not tables:
-        return pa.table({})
-    merged = pa.concat_tables(tables, promote_options="permissive")
-    order = pa.array(positions, pa.int64())
-    if len(order) and not all(a < b for a, b in zip(positions, positions[1:], strict=False)):
-        merged = merged.take(pa.compute.sort_indices(order))
-    return merged
-
-
-def _failures_table(ledger: Ledger) -> pa.Table:
-    rows = ledger.failures()
-    history: dict[int, list[dict]] = {}
-    for pos, error_type, message, at in ledger.conn.execute(
-            "SELECT pos, error_type, message, at FROM attempts ORDER BY id"):
-        history.setdefault(pos, []).append({"error_type": error_type, "message": message, "at": at})
-    for row in rows:
-        row["history"] = json.dumps(history.get(row["pos"], []))
-    if not rows:
-        return pa.table({n: pa.array([], pa.string()) for n in
-                         ("key", "state", "error_type", "message", "attempts", "traceback")})
-    return pa.Table.from_pylist(rows)
-
-
-def _write_export(table: pa.Table, to: Path) -> None:
-    to.parent.mkdir(parents=True, exist_ok=True)
-    tmp = to.with_name(f".{to.name}.tmp")
-    if to.suffix == ".parquet":
-        pq.write_table(table, tmp)
-    elif to.suffix in (".jsonl", ".ndjson", ".json"):
-        with open(tmp, "w", encoding="utf-8") as f:
-            for batch in table.to_batches(65536):
-                buf = io.StringIO()
-                for row in batch.to_pylist():
-                    buf.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
-                f.write(buf.getvalue())
-    else:
-        raise ValueError(f"{to}: export writes .parquet or .jsonl")
-    os.replace(tmp, to)
