@@ -60,6 +60,7 @@ async def seed004(url: str, items: list[dict], rpm: float) -> None:
 
     for start in range(0, len(items), 5):  # each batch waits for its slowest call
         await asyncio.gather(*(one(item) for item in items[start:start + 5]))
+    await client.close()
 
 
 async def unlimited_pool(url: str, items: list[dict], size: int = 64) -> None:
@@ -75,6 +76,7 @@ async def unlimited_pool(url: str, items: list[dict], size: int = 64) -> None:
             await _ask(client, queue.get_nowait()["question"])
 
     await asyncio.gather(*(worker() for _ in range(size)))
+    await client.close()
 
 
 def arm(name: str, n: int, rpm: float) -> dict:

@@ -18,6 +18,9 @@ class AskAsync:
             model="local", messages=[{"role": "user", "content": record["question"]}])
         return {"answer": response.choices[0].message.content[-1], "usage": response.usage.model_dump()}
 
+    async def teardown(self) -> None:
+        await self.client.close()  # in the engine's loop, before it stops: no "Event loop is closed" later
+
 
 class AskSync:
     """The same with the sync client, for the threads engine."""
@@ -31,3 +34,6 @@ class AskSync:
         response = self.client.chat.completions.create(
             model="local", messages=[{"role": "user", "content": record["question"]}])
         return {"answer": response.choices[0].message.content[-1], "usage": response.usage.model_dump()}
+
+    def teardown(self) -> None:
+        self.client.close()

@@ -82,6 +82,26 @@ def test_class_setup_runs_once_per_worker(tmp_path, engine):
     assert 1 <= len(set(table.column("worker").to_pylist())) <= engine[1]
 
 
+def test_teardown_runs_once_per_worker_after_its_last_item(tmp_path, engine, monkeypatch):
+    """A class's teardown() (close a client, free a GPU) runs in each worker when the run ends."""
+    notes = tmp_path / "notes.txt"
+    monkeypatch.setenv("TEARDOWN_FILE", str(notes))
+    assert run(tmp_path, userfns.Closes, engine).exit_code == 0
+    lines = notes.read_text().splitlines()
+    setups = {line.split()[1] for line in lines if line.startswith("setup")}
+    teardowns = {line.split()[1]: int(line.split()[2]) for line in lines if line.startswith("teardown")}
+    assert set(teardowns) == setups and 1 <= len(setups) <= engine[1]
+    assert sum(teardowns.values()) == N  # after every item: the counts are final
+
+
+def test_async_teardown_is_awaited_in_the_engine_loop(tmp_path, monkeypatch):
+    notes = tmp_path / "notes.txt"
+    monkeypatch.setenv("TEARDOWN_FILE", str(notes))
+    assert run(tmp_path, userfns.AsyncCloses, ("asyncio", 1)).exit_code == 0
+    lines = notes.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["setup", "teardown"] and lines[1].endswith(f" {N}")
+
+
 def test_non_dict_result_goes_to_a_result_column(tmp_path, engine):
     run(tmp_path, userfns.scalar, engine, n=30)
     assert exported(tmp_path / "run", tmp_path).column("result").to_pylist() == [i * 3 for i in range(30)]

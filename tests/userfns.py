@@ -40,6 +40,39 @@ async def async_digest(record: dict) -> dict:
     return digest(record)
 
 
+class Closes:
+    """setup() and teardown(): each worker appends 'setup <id>' and 'teardown <id> <items>' to $TEARDOWN_FILE."""
+
+    def setup(self) -> None:
+        self.items = 0
+        self._note(f"setup {os.getpid()}-{id(self)}")
+
+    def _note(self, line: str) -> None:
+        with open(os.environ["TEARDOWN_FILE"], "a") as f:
+            f.write(line + "\n")
+
+    def __call__(self, record: dict) -> dict:
+        self.items += 1
+        return digest(record)
+
+    def teardown(self) -> None:
+        self._note(f"teardown {os.getpid()}-{id(self)} {self.items}")
+
+
+class AsyncCloses(Closes):
+    """The same with async __call__ and async teardown (a client closed inside the engine's loop)."""
+
+    async def __call__(self, record: dict) -> dict:
+        await asyncio.sleep(0)
+        self.items += 1
+        return digest(record)
+
+    async def teardown(self) -> None:
+        await asyncio.sleep(0)
+        asyncio.get_running_loop()  # inside the engine's loop, while it still runs
+        self._note(f"teardown {os.getpid()}-{id(self)} {self.items}")
+
+
 class Model:
     """A class with setup(): loaded once per worker; records which process/object served each item."""
 

@@ -27,6 +27,9 @@ class ExtractConcepts:
         concepts = [c.strip() for c in (response.choices[0].message.content or "").split(",") if c.strip()]
         return {"concepts": concepts, "usage": response.usage.model_dump() if response.usage else None}
 
+    async def teardown(self) -> None:
+        await self.client.close()  # in the engine's loop, before it stops: no "Event loop is closed" later
+
 
 def per_document(doc: dict, outputs: list[dict]) -> dict:
     concepts = sorted({c for out in outputs for c in out["concepts"]})

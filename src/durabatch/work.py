@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -185,6 +186,24 @@ class Work:
         self._fn = target
         call = target if inspect.isfunction(target) or inspect.ismethod(target) else type(target).__call__
         self._is_async = inspect.iscoroutinefunction(call)
+
+    def teardown(self) -> Any:
+        """Call the function object's teardown() if it has one (close a client, free a GPU), once; returns what
+        it returns, an awaitable for `async def teardown` (the asyncio engine awaits it in its loop)."""
+        fn, self._fn = self._fn, None
+        teardown = getattr(fn, "teardown", None)
+        if fn is None or inspect.isfunction(fn) or not callable(teardown):
+            return None
+        return teardown()
+
+    def close(self) -> None:
+        """teardown() from a synchronous worker; an error in it cannot fail any item, so it is only warned."""
+        try:
+            result = self.teardown()
+            if inspect.isawaitable(result):
+                asyncio.run(_awaited(result))
+        except Exception as exc:  # noqa: BLE001
+            warnings.warn(f"teardown() failed: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=1)
 
     def execute(self, records: list[dict], timeout: float | None = None) -> tuple[list[Any], dict[int, ItemError]]:
         """Run the function over records: outputs aligned with records (None where failed) and errors by index.

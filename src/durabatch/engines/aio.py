@@ -6,9 +6,11 @@ the call."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import queue
 import threading
 import time
+import warnings
 from typing import Any
 
 from ..errors import ConfigError
@@ -152,13 +154,25 @@ class AsyncEngine:
         return self._in_flight
 
     def close(self, cancel: bool = False) -> None:
+        if not hasattr(self, "loop"):  # stopped while setup() ran: no loop yet
+            return
+
         async def cancel_all() -> None:
             for task in asyncio.all_tasks(self.loop):
                 if task is not asyncio.current_task():
                     task.cancel()
 
+        async def teardown() -> None:  # in the loop: clients close their connections before it stops
+            result = self.work.teardown()
+            if inspect.isawaitable(result):
+                await result
+
         if cancel:
             asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(timeout=5)
+        try:
+            asyncio.run_coroutine_threadsafe(teardown(), self.loop).result(timeout=10)
+        except Exception as exc:  # noqa: BLE001 - cannot fail an item any more
+            warnings.warn(f"teardown() failed: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=1)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
 

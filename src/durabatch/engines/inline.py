@@ -33,3 +33,4 @@ class InlineEngine:
 
     def close(self, cancel: bool = False) -> None:
         self._done = []
+        self.work.close()

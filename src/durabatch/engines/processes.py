@@ -34,6 +34,7 @@ def _worker_main(conn: Connection, work_bytes: bytes, item_timeout: float | None
         except (EOFError, OSError):
             return  # the runner is gone
         if message is None:
+            work.close()
             return
         records = message
         t0 = time.perf_counter()

@@ -47,6 +47,7 @@ class ThreadEngine:
         while True:
             batch = self._todo.get()
             if batch is None:
+                work.close()
                 return
             t0 = time.perf_counter()
             try:
