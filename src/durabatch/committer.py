@@ -1,6 +1,7 @@
-"""The commit path: finished results wait in a `Pending` buffer; a background thread turns each full buffer into
-a durable shard and ONE ledger transaction. Writing Parquet and fsync release the GIL, so commits overlap with
-the work. The committer thread is the only user of the writer connection while the run loop is going."""
+"""The commit path: finished results wait in a `Pending` buffer; the run loop encodes a full buffer into shard
+bytes, and a background thread makes them a durable shard and ONE ledger transaction. Writes and fsync release
+the GIL, so commits overlap with the work. The committer thread is the only user of the writer connection while
+the run loop is going."""
 
 from __future__ import annotations
 
