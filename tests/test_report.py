@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import sqlite3
 import xml.etree.ElementTree as ET
 from itertools import accumulate
@@ -152,3 +153,17 @@ def test_a_directory_that_is_not_a_run_is_a_usage_error(tmp_path):
         assert result.returncode == 2
         assert str(path) in result.stderr and reason in result.stderr
     assert not (tmp_path / "report.html").exists()
+
+
+def test_a_torn_last_metrics_line_is_skipped_by_status_and_report(loop_run, tmp_path):
+    """A crash while appending to metrics.jsonl leaves half a line: status and report still read the rest."""
+    copy = tmp_path / "train"
+    shutil.copytree(loop_run, copy)
+    with open(copy / "checkpoints" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 110, "time": 17')
+    status = durabatch_cli("status", copy, "--json", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["latest"]["step"] == 100
+    report = durabatch_cli("report", copy, "--json", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "110" not in json.dumps(json.loads(report.stdout).get("metrics", {}))

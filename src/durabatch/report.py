@@ -7,7 +7,6 @@ A checkpointed loop: each recorded metric by step, steps/s over time, the checkp
 from __future__ import annotations
 
 import bisect
-import contextlib
 import html
 import itertools
 import json
@@ -20,6 +19,7 @@ from typing import Any
 from .errors import LedgerError
 from .ledger import ItemState, Ledger, RunDir, lock_holder
 from .observe import format_duration
+from .status import read_metrics
 
 RATE_BUCKETS = 40  # items/s over about this many equal intervals: per-commit rates are too noisy to read
 MAX_POINTS = 2000  # longer series are thinned (first and last kept) so that the file stays small
@@ -107,7 +107,7 @@ def _rate(times: list[float], rows: list[int], t0: float | None) -> dict[str, li
 
 
 def _collect_loop(ckpt_dir: Path) -> dict[str, Any]:
-    records = [r for r in _read_jsonl(ckpt_dir / "metrics.jsonl") if r.get("reason") != "preflight"]
+    records = [r for r in read_metrics(ckpt_dir / "metrics.jsonl") if r.get("reason") != "preflight"]
     t0 = records[0]["time"] - records[0]["elapsed"] if records else None
     by_step = {r["step"]: r for r in records}  # a step saved again after a resume: the later record wins
     metrics: dict[str, dict[str, list]] = {}
@@ -129,14 +129,6 @@ def _collect_loop(ckpt_dir: Path) -> dict[str, Any]:
     return {"kind": "loop", "start": t0, "records": len(records), "sessions": sessions,
             "latest": records[-1] if records else None, "checkpoints": _kept(ckpt_dir),
             "series": {"metrics": metrics, "steps_per_s": speed}}
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
-        with contextlib.suppress(ValueError):  # the last line may be being appended right now
-            records.append(json.loads(line))
-    return [r for r in records if isinstance(r, dict) and {"step", "time", "elapsed"} <= r.keys()]
 
 
 def _kept(ckpt_dir: Path) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -17,10 +18,20 @@ def loop_status(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     metrics = Path(run_dir) / "checkpoints" / "metrics.jsonl"
     if not metrics.exists():
         return None
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    records = read_metrics(metrics)
     kept = sorted(p.name for p in metrics.parent.glob("step-*") if (p / "meta.json").exists())
     return {"run_dir": str(run_dir), "kind": "loop", "checkpoints": kept, "latest": records[-1] if records else None,
             "history": records[-20:]}
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """A loop's metrics.jsonl, one record per checkpoint; a torn last line (being appended now, or cut by a
+    crash) is skipped."""
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    return [r for r in records if isinstance(r, dict) and {"step", "time", "elapsed"} <= r.keys()]
 
 
 def status(run_dir: str | os.PathLike) -> dict[str, Any]:
