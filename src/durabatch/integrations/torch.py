@@ -4,6 +4,7 @@ uses torch.load(weights_only=True): a checkpoint cannot run code."""
 
 from __future__ import annotations
 
+import copy
 import random
 import sys
 from pathlib import Path
@@ -36,6 +37,17 @@ def set_rng_state(state: dict) -> None:
         numpy.random.set_state((name, keys.numpy().astype("uint32"), pos, has_gauss, cached))
 
 
+def _copied(value: Any, torch: Any) -> Any:
+    """A state dict with every tensor copied to CPU memory (never a second copy on the GPU)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _copied(v, torch) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_copied(v, torch) for v in value)
+    return copy.deepcopy(value)
+
+
 def _plain(value: Any) -> Any:
     return [_plain(v) for v in value] if isinstance(value, tuple | list) else value
 
@@ -50,25 +62,24 @@ class TorchState:
         self.model, self.optimizer, self.scheduler, self.rng = model, optimizer, scheduler, rng
         self.extra = extra if extra is not None else {}  # plain values (counters, best score...) saved too
 
-    def snapshot(self) -> bytes:
-        """Everything, serialized between two steps (a consistent state, no copy needed); a background thread
-        then only writes and fsyncs the bytes, which releases the GIL, while training goes on."""
-        import io
-
+    def snapshot(self) -> dict[str, Any]:
+        """Everything, copied between two steps (a consistent state): tensors are copied to CPU memory, which is
+        a memcpy, so the training thread pays well under a millisecond for a small model; a background thread
+        then serializes, writes and fsyncs while training goes on. (Serializing here cost ~3.5 ms a checkpoint,
+        4% of a 1 ms step at every_steps=100.)"""
         torch = require("torch", "torch")
-        blob: dict[str, Any] = {"extra": self.extra}
+        blob: dict[str, Any] = {"extra": copy.deepcopy(self.extra)}
         for name in ("model", "optimizer", "scheduler"):
             part = getattr(self, name)
             if part is not None:
-                blob[name] = part.state_dict()
+                blob[name] = _copied(part.state_dict(), torch)
         if self.rng:
             blob["rng"] = rng_state()
-        buffer = io.BytesIO()
-        torch.save(blob, buffer)
-        return buffer.getvalue()
+        return blob
 
-    def write(self, snapshot: bytes, directory: Path) -> None:
-        (directory / "state.pt").write_bytes(snapshot)
+    def write(self, snapshot: dict[str, Any], directory: Path) -> None:
+        torch = require("torch", "torch")
+        torch.save(snapshot, directory / "state.pt")
 
     def save(self, directory: Path) -> None:
         self.write(self.snapshot(), directory)
