@@ -116,3 +116,21 @@ def test_status_shows_a_loops_checkpoints_and_metrics(tmp_path):
     result = subprocess.run([sys.executable, "-m", "durabatch", "status", str(tmp_path)], capture_output=True,
                             text=True)
     assert result.returncode == 0 and "step-000000000030" in result.stdout and "loss=" in result.stdout
+
+
+def test_a_failed_background_write_is_raised_not_lost(tmp_path):
+    """A periodic checkpoint is written by a background thread: if writing fails (disk full, permissions), the
+    loop hears of it at its next checkpoint instead of training on without any."""
+
+    class Unwritable(PickleState):
+        def write(self, snapshot, directory):
+            raise OSError(28, "No space left on device")
+
+    c = Counter()
+    ckpt = Checkpointer(tmp_path, Unwritable(lambda: c.value, lambda v: setattr(c, "value", v)), every_steps=5,
+                        exit_on_stop=False, fsync=False)
+    with pytest.raises(OSError, match="No space left"):
+        for _ in ckpt.range(20):
+            c.value += 1
+    assert c.value <= 10  # stopped at the checkpoint after the failed one
+    assert not ckpt.checkpoints()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import queue
 import shutil
 import sys
 import threading
@@ -109,6 +110,8 @@ class Checkpointer:
         self._save_seconds = 0.0
         self.saves = 0
         self._writer: threading.Thread | None = None
+        self._jobs: queue.Queue = queue.Queue()
+        self._write_error: BaseException | None = None
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
@@ -127,9 +130,11 @@ class Checkpointer:
                 "metrics": dict(self._metrics)}
         snapshot = getattr(self.state, "snapshot", None)
         if background and snapshot is not None:
-            data = snapshot()
-            self._writer = threading.Thread(target=self._write, args=(step, final, meta, data), daemon=True)
-            self._writer.start()
+            if self._writer is None:  # one long-lived writer: starting a thread per save stalled the loop ~1 ms
+                self._writer = threading.Thread(target=self._write_loop, name="durabatch-checkpoint-writer",
+                                                daemon=True)
+                self._writer.start()
+            self._jobs.put((step, final, meta, snapshot()))
         else:
             self._write(step, final, meta, None)
         self._last_save = self.clock()
@@ -139,10 +144,23 @@ class Checkpointer:
         return final
 
     def wait(self) -> None:
-        """Wait for a checkpoint being written in the background."""
+        """Wait for a checkpoint being written in the background; raise what went wrong writing it."""
         if self._writer is not None:
-            self._writer.join()
-            self._writer = None
+            self._jobs.join()
+        if self._write_error is not None:
+            error, self._write_error = self._write_error, None
+            raise error
+
+    def _write_loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                self._write(*job)
+            except BaseException as exc:  # noqa: BLE001 - raised in the loop's thread by wait()
+                self._write_error = exc
+            finally:
+                del job
+                self._jobs.task_done()
 
     def _write(self, step: int, final: Path, meta: dict, data: Any) -> None:
         tmp = self.dir / f".tmp-step-{step:012d}-{os.getpid()}"

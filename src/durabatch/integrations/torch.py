@@ -5,6 +5,7 @@ uses torch.load(weights_only=True): a checkpoint cannot run code."""
 from __future__ import annotations
 
 import copy
+import json
 import random
 import sys
 from pathlib import Path
@@ -78,15 +79,22 @@ class TorchState:
         return blob
 
     def write(self, snapshot: dict[str, Any], directory: Path) -> None:
+        """A JSON header and the tensors' raw bytes: the writer thread holds the GIL for microseconds (pickling
+        held it for milliseconds, stalling the training thread), and loading runs no code. Anything the header
+        cannot say (a numpy array in `extra`...) falls back to torch.save."""
         torch = require("torch", "torch")
-        torch.save(snapshot, directory / "state.pt")
+        try:
+            write_tensors(snapshot, directory / RAW, torch)
+        except TypeError:
+            torch.save(snapshot, directory / "state.pt")
 
     def save(self, directory: Path) -> None:
         self.write(self.snapshot(), directory)
 
     def load(self, directory: Path) -> None:
         torch = require("torch", "torch")
-        blob = torch.load(directory / "state.pt", weights_only=True)
+        raw = directory / RAW
+        blob = read_tensors(raw, torch) if raw.exists() else torch.load(directory / "state.pt", weights_only=True)
         for name in ("model", "optimizer", "scheduler"):
             part = getattr(self, name)
             if part is not None and name in blob:
@@ -95,3 +103,66 @@ class TorchState:
         self.extra.update(blob.get("extra", {}))
         if self.rng and "rng" in blob:
             set_rng_state(blob["rng"])
+
+
+RAW = "state.tensors"
+
+
+def write_tensors(blob: Any, path: Path, torch: Any) -> None:
+    """[8-byte header length][JSON header: the structure, tensors by index][each tensor's bytes]. Dicts keep
+    their key types and order, tuples stay tuples; raises TypeError for anything else than these, tensors and
+    JSON scalars."""
+    tensors: list[Any] = []
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            tensors.append(value.detach().to("cpu").contiguous())
+            return {"$t": len(tensors) - 1, "dtype": str(value.dtype).removeprefix("torch."),
+                    "shape": list(value.shape)}
+        if isinstance(value, dict):
+            return {"$d": [[encode(k), encode(v)] for k, v in value.items()]}
+        if isinstance(value, tuple):
+            return {"$tuple": [encode(v) for v in value]}
+        if isinstance(value, list):
+            return [encode(v) for v in value]
+        if value is None or isinstance(value, bool | int | float | str):
+            return value
+        raise TypeError(f"cannot write a {type(value).__name__} as raw tensors")
+
+    header = encode(blob)
+    views = [t.reshape(-1).view(torch.uint8).numpy() for t in tensors]
+    head = json.dumps({"state": header, "sizes": [v.nbytes for v in views]}).encode()
+    with open(path, "wb") as f:
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        for view in views:
+            f.write(view.data)
+
+
+def read_tensors(path: Path, torch: Any) -> Any:
+    data = bytearray(path.read_bytes())
+    size = int.from_bytes(data[:8], "little")
+    head = json.loads(data[8:8 + size])
+    offsets, at = [], 8 + size
+    for n in head["sizes"]:
+        offsets.append(at)
+        at += n
+    if at != len(data):
+        raise ValueError(f"{path}: {len(data)} bytes, the header describes {at}")
+
+    def decode(value: Any) -> Any:
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if "$t" in value:
+            i, dtype = value["$t"], getattr(torch, value["dtype"])
+            if not head["sizes"][i]:
+                return torch.empty(value["shape"], dtype=dtype)
+            flat = torch.frombuffer(data, dtype=torch.uint8, count=head["sizes"][i], offset=offsets[i])
+            return flat.view(dtype).reshape(value["shape"]).clone()
+        if "$tuple" in value:
+            return tuple(decode(v) for v in value["$tuple"])
+        return {decode(k): decode(v) for k, v in value["$d"]}
+
+    return decode(head["state"])
