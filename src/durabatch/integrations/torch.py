@@ -1,6 +1,7 @@
 """PyTorch state for the Checkpointer: model, optimizer, scheduler and the RNG states of python, numpy and torch,
-so that a run interrupted and resumed with fixed seeds ends with the same weights as one that was not. Loading
-uses torch.load(weights_only=True): a checkpoint cannot run code."""
+so that a run interrupted and resumed with fixed seeds ends with the same weights as one that was not. Saved as
+a raw tensor file (a JSON header, then the bytes), or torch.save for what that cannot describe, loaded with
+torch.load(weights_only=True): either way a checkpoint cannot run code."""
 
 from __future__ import annotations
 
