@@ -297,3 +297,28 @@ def test_stop_signal_while_the_function_sets_up_exits_75(tmp_path, records_file,
     again = durabatch_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert read_export(run_dir, tmp_path).column("id").to_pylist() == list(range(100))
+
+
+def test_second_ctrl_c_while_the_function_sets_up_stops_at_once(tmp_path, records_file):
+    """Ctrl-C twice while a model loads: no waiting for setup() to finish, exit 75, no traceback from a worker."""
+    data = records_file(100)
+    run_dir = tmp_path / "r"
+    mark = tmp_path / "setup-started"
+    args = ["run", "-i", data, "--key", "id", "--fn", "jobs:SlowSetup", "--run-dir", run_dir, "--progress", "off",
+            "--engine", "threads", "--workers", "2"]
+    proc = durabatch_popen(*args, cwd=tmp_path, env={"JOBS_SETUP_SECONDS": "60", "JOBS_SETUP_MARK": str(mark)},
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(mark.exists, timeout=60, what="setup() to start")
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, f"exit code {proc.returncode}; stderr: {err[-2000:]}"
+    assert elapsed < 20, f"the second Ctrl-C took {elapsed:.1f}s (setup() takes 60 s)"
+    assert "Traceback" not in err and "BrokenBarrierError" not in err, err[-2000:]

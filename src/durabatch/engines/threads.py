@@ -41,7 +41,10 @@ class ThreadEngine:
             work.prepare()
         except BaseException as exc:  # noqa: BLE001 - reported by start()
             self._setup_error = exc
-        self._ready.wait()
+        try:
+            self._ready.wait()
+        except threading.BrokenBarrierError:  # the run was stopped at once while setup() ran (a second Ctrl-C)
+            return
         if self._setup_error is not None:
             return
         while True:
