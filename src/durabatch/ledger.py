@@ -306,6 +306,18 @@ class Ledger:
     def count_failures(self, state: ItemState = ItemState.FAILED) -> int:
         return int(self.conn.execute("SELECT count(*) FROM failures WHERE state = ?", (state.value,)).fetchone()[0])
 
+    def failures_by_type(self) -> list[tuple[str, str, int, str | None]]:
+        """(error type, state, count, an example message), grouped in SQL: a job where every item failed holds a
+        million tracebacks, which `failures()` would load."""
+        return list(self.conn.execute("SELECT coalesce(error_type, '?'), state, count(*), max(message) FROM failures "
+                                      "GROUP BY 1, 2"))
+
+    def shard_totals(self) -> tuple[int, int, float | None]:
+        """(shards, bytes, time of the latest commit)."""
+        n, size, latest = self.conn.execute(
+            "SELECT count(*), coalesce(sum(bytes), 0), max(committed_at) FROM shards").fetchone()
+        return int(n), int(size), latest
+
     def recent_commits(self, seconds: float) -> list[tuple[float, int]]:
         since = time.time() - seconds
         return list(self.conn.execute(

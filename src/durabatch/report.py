@@ -75,9 +75,7 @@ def _collect_map(rd: RunDir) -> dict[str, Any]:
 
 
 def _failures_by_type(ledger: Ledger) -> list[dict[str, Any]]:
-    # Grouped in SQL, not through Ledger.failures(): a job where every item failed holds a million tracebacks.
-    rows = ledger.conn.execute("SELECT coalesce(error_type, '?'), state, count(*), max(message) FROM failures "
-                               "GROUP BY 1, 2")
+    rows = ledger.failures_by_type()
     table: dict[str, dict[str, Any]] = {}
     for error_type, state, n, message in rows:
         entry = table.setdefault(error_type, {"error_type": error_type, "count": 0, "example": message,

@@ -51,8 +51,7 @@ def status(run_dir: str | os.PathLike) -> dict[str, Any]:
         api = ledger.get_meta("api")
         runs = ledger.runs()
         recent = ledger.recent_commits(120)
-        shards = ledger.conn.execute("SELECT count(*), coalesce(sum(bytes), 0), max(committed_at) FROM shards")
-        n_shards, n_bytes, last_commit = shards.fetchone()
+        n_shards, n_bytes, last_commit = ledger.shard_totals()
         quarantined_items = ledger.failures((ItemState.QUARANTINED,)) if quarantined else []
     finally:
         ledger.close()
