@@ -56,7 +56,8 @@ lines = st.one_of(records.map(json.dumps), records.map(json.dumps), records.map(
                                    '{"text": "caf\\u00e9 \\ud83d\\ude00"}', '{"a": 1.0}', '{"a": 1, "a": 2}']))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=400, deadline=None, derandomize=True,  # CI sees the same cases; explore with more locally
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(lines, max_size=60), st.integers(16, 400), st.booleans())
 def test_every_block_path_reads_what_json_loads_reads(tmp_path, content, block_size, final_newline):
     data = "\n".join(content).encode() + (b"\n" if final_newline and content else b"")
@@ -66,9 +67,10 @@ def test_every_block_path_reads_what_json_loads_reads(tmp_path, content, block_s
     got, next_pos = read(path, block_size)
     assert got == expected
     assert next_pos == len(expected)
-    # Same types too: Arrow would make 1 a 1.0 next to 1.5, or a date string a timestamp.
+    # Same types too: Arrow would make 1 a 1.0 next to 1.5, or a date string a timestamp. (Key order may differ:
+    # on the Arrow path an object's keys come in the order of their first appearance in the block.)
     for (_, _, a), (_, _, b) in zip(got, expected, strict=True):
-        assert json.dumps(a) == json.dumps(b)
+        assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def test_uniform_records_take_the_arrow_path_and_keep_line_numbers(tmp_path):

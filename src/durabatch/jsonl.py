@@ -1,6 +1,7 @@
 """Reading JSON lines fast and exactly: blocks of whole lines are parsed by Arrow in C when Arrow's records are
-provably the ones `json.loads` would give; any other block is read line by line in Python, which names the line
-of every bad row (malformed JSON, not an object, not UTF-8)."""
+provably the ones `json.loads` would give (equal, with the same types; only the order of an object's keys may
+differ, Arrow keeping their first order in the block); any other block is read line by line in Python, which names
+the line of every bad row (malformed JSON, not an object, not UTF-8)."""
 
 from __future__ import annotations
 
