@@ -20,6 +20,7 @@ from .stopping import STOP_SIGNALS
 
 EXIT_GAVE_UP = 70
 NORMAL_EXITS = (0, 1, 2, 75)
+STALL_LIMIT = 3  # restarts in a row without progress that make a crash loop
 
 
 def describe_exit(code: int) -> str:
@@ -59,7 +60,7 @@ class _Log:
 
 
 def supervise(run_args: Sequence[str], run_dir: str, max_restarts: int | None = None, delay: float = 1.0,
-              stall_limit: int = 3) -> int:
+              stall_limit: int = STALL_LIMIT) -> int:
     """Run `durabatch run *run_args` until it ends normally; restart it after abnormal deaths."""
     rd = RunDir(run_dir)
     log = _Log(rd.logs / "supervise.log")
