@@ -71,6 +71,17 @@ def arm_hf_map(path: Path, work: Path) -> int:
     return len(ds)
 
 
+def arm_hf_map_rows(path: Path, work: Path) -> int:
+    """HF datasets with a per-record function (map without batched=True): the peer of durabatch's default."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    ds = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(work / "cache"))
+    ds = ds.map(lambda record: {"digest": digest(record["text"])})
+    ds.to_parquet(str(work / "out.parquet"))
+    return len(ds)
+
+
 def arm_seed000(path: Path, work: Path) -> int:
     """Seed 000: pickle.gz per batch of 8; the processed-id JSON rewritten every 10 batches (grows quadratically)."""
     processed: set[int] = set()
@@ -133,6 +144,20 @@ def arm_durabatch_batched(path: Path, work: Path) -> int:
     return summary.done
 
 
+def durabatch_columns_fn(batch: dict[str, list]) -> dict[str, list]:
+    return {"digest": [digest(t) for t in batch["text"]]}
+
+
+def arm_durabatch_columns(path: Path, work: Path) -> int:
+    """durabatch with a columns batch function: the same function HF's map(batched=True) is given, Arrow in
+    and out, durable."""
+    import durabatch
+
+    summary = durabatch.run(durabatch_columns_fn, source=str(path), key="id", run_dir=str(work / "run"),
+                            batch_size=1000, batch_format="columns", progress="off")
+    return summary.done
+
+
 def arm_durabatch_rerun(path: Path, work: Path) -> int:
     """The same job run again on its finished run directory: nothing to do."""
     import durabatch
@@ -142,16 +167,18 @@ def arm_durabatch_rerun(path: Path, work: Path) -> int:
     return summary.already_done
 
 
-ARMS = {"bare": arm_bare, "hf_map": arm_hf_map, "seed000": arm_seed000, "seed002": arm_seed002,
-        "durabatch": arm_durabatch, "durabatch_batched": arm_durabatch_batched,
+ARMS = {"bare": arm_bare, "hf_map": arm_hf_map, "hf_map_rows": arm_hf_map_rows, "seed000": arm_seed000,
+        "seed002": arm_seed002, "durabatch": arm_durabatch, "durabatch_batched": arm_durabatch_batched,
+        "durabatch_columns": arm_durabatch_columns,
         "durabatch_rerun": arm_durabatch_rerun}
 
 
 # -- the harness -----------------------------------------------------------------------------------------------
 # pandas too: pyarrow imports it lazily at the first pa.array(list) when it is installed (0.2 s, an import, not
 # work); `datasets` imports it anyway.
-IMPORTS = {"bare": ["pyarrow.parquet", "pandas"], "hf_map": ["datasets"], "durabatch": ["durabatch", "pandas"],
-           "durabatch_batched": ["durabatch", "pandas"], "durabatch_rerun": ["durabatch", "pandas"]}
+IMPORTS = {"bare": ["pyarrow.parquet", "pandas"], "hf_map": ["datasets"], "hf_map_rows": ["datasets"],
+           "durabatch": ["durabatch", "pandas"], "durabatch_batched": ["durabatch", "pandas"],
+           "durabatch_columns": ["durabatch", "pandas"], "durabatch_rerun": ["durabatch", "pandas"]}
 
 
 def peak_rss() -> int:
@@ -204,6 +231,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-slow", action="store_true", help="skip the seed patterns")
+    parser.add_argument("--arms", help="comma-separated arms to run (default: all)")
     parser.add_argument("--child")
     parser.add_argument("--n", type=int)
     parser.add_argument("--work")
@@ -212,8 +240,11 @@ def main() -> None:
         return child(args.child, args.n, args.work)
     big, seed000_n, seed002_n, huge = (100_000, 10_000, 2_000, 300_000) if args.quick else \
         (1_000_000, 100_000, 20_000, 3_000_000)
-    plan = [("bare", big), ("hf_map", big), ("durabatch", big), ("durabatch_rerun", big),
-            ("durabatch_batched", big), ("hf_map", huge), ("durabatch", huge)]
+    plan = [("bare", big), ("hf_map", big), ("durabatch_columns", big), ("durabatch_batched", big),
+            ("hf_map_rows", big), ("durabatch", big), ("durabatch_rerun", big),
+            ("hf_map", huge), ("durabatch_columns", huge), ("durabatch", huge)]
+    if args.arms:
+        plan = [(arm, n) for arm, n in plan if arm in args.arms.split(",")]
     if not args.skip_slow:
         plan += [("seed000", seed000_n), ("seed002", seed002_n)]
     rows = []
@@ -228,14 +259,18 @@ def main() -> None:
         rows.append(row)
         print(f"{arm:>16} {n:>9,} items {row['seconds']:8.2f} s (process {row['wall']:6.2f} s) "
               f"{row['rate']:>11,.0f} items/s peak RSS {row['peak_rss_mb']:6.0f} MB", flush=True)
-    bare = next(r["rate"] for r in rows if r["arm"] == "bare")
-    print("\n| arm | items | work seconds | items/s | throughput vs the bare loop | whole process seconds | "
-          "peak RSS MB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    bare = next((r["rate"] for r in rows if r["arm"] == "bare"), None)
+    hf = {r["items"]: r for r in rows if r["arm"] == "hf_map"}
+    print("\n| arm | items | work seconds | items/s | throughput vs the bare loop | vs HF map (batched), work "
+          "/ whole process | whole process seconds | peak RSS MB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        ratio = "-" if r["arm"] == "durabatch_rerun" else f"{r['rate'] / bare:.2f}x"
-        print(f"| {r['arm']} | {r['items']:,} | {r['seconds']:.2f} | {r['rate']:,.0f} | {ratio} | {r['wall']:.2f} | "
-              f"{r['peak_rss_mb']:.0f} |")
+        ratio = "-" if r["arm"] == "durabatch_rerun" or bare is None else f"{r['rate'] / bare:.2f}x"
+        peer = hf.get(r["items"])
+        vs_hf = "-" if peer is None or r["arm"] in ("hf_map", "durabatch_rerun") else \
+            f"{peer['seconds'] / r['seconds']:.2f}x / {peer['wall'] / r['wall']:.2f}x"
+        print(f"| {r['arm']} | {r['items']:,} | {r['seconds']:.2f} | {r['rate']:,.0f} | {ratio} | {vs_hf} | "
+              f"{r['wall']:.2f} | {r['peak_rss_mb']:.0f} |")
     for path in Path(tempfile.gettempdir()).glob("bench-*"):
         shutil.rmtree(path, ignore_errors=True)
 

@@ -220,3 +220,41 @@ def shout(segment: dict) -> dict:
 
 def join_upper(record: dict, outputs: list) -> dict:
     return {"n_segments": len(outputs), "summary": " / ".join(o["upper"] for o in outputs)}
+
+
+# -- columns batch functions (batch_format="columns") --------------------------------------------------------------
+def digest_columns(batch: dict[str, list]) -> dict[str, list]:
+    return {"digest": [digest({"id": i})["digest"] for i in batch["id"]], "text_len": list(map(len, batch["text"]))}
+
+
+def columns_fail_on_sevens(batch: dict[str, list]) -> dict[str, list]:
+    if any(i % 7 == 0 for i in batch["id"]):
+        raise RuntimeError("a seven in this batch")
+    return digest_columns(batch)
+
+
+def columns_flaky_on_sevens(batch: dict[str, list]) -> dict[str, list]:
+    """A seven fails its first call with a connection error (retried alone): tables and single rows mix."""
+    for i in batch["id"]:
+        if i % 7 == 0:
+            n = _calls[i] = _calls.get(i, 0) + 1
+            if n == 1:
+                raise FlakyError(f"dropped connection for {i}")
+    return digest_columns(batch)
+
+
+def columns_short(batch: dict[str, list]) -> dict[str, list]:
+    return {"digest": batch["text"][:-1]}
+
+
+def columns_as_arrow(batch: dict[str, list]):
+    import pyarrow as pa
+
+    return pa.table({"double": pa.array(batch["id"]) * 2})
+
+
+def slow_digest_columns(batch: dict[str, list]) -> dict[str, list]:
+    import time
+
+    time.sleep(float(os.environ.get("BATCH_SECONDS", "0.01")))
+    return digest_columns(batch)

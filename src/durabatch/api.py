@@ -20,8 +20,9 @@ def run(fn: Any, source: Any = None, *, key: str | None = None, run_dir: str | N
         observers: list[Observer] | None = None, **settings: Any) -> RunSummary:
     """Run fn over source as a durable job in run_dir; re-running the same call resumes.
 
-    fn: a function (record -> dict), a batch function (with batch_size: records -> list), a class (instantiated
-    once per worker, setup() called) or "package.module:name". split(record) -> segments makes fn run on each
+    fn: a function (record -> dict), a batch function (with batch_size: records -> list; with also
+    batch_format="columns": {field: values} -> {field: values}), a class (instantiated once per worker, setup()
+    called) or "package.module:name". split(record) -> segments makes fn run on each
     segment, and combine(record, outputs) -> result groups them back (one committed row per input).
     Other settings: see JobSettings."""
     values = {"key": key, "run_dir": run_dir, "batch_size": batch_size, "workers": workers, "engine": engine,
@@ -37,7 +38,11 @@ def run_job(fn: Any, source: Any, settings: JobSettings, observers: list[Observe
     target = resolve(fn) if isinstance(fn, str) else fn
     if target is None:
         raise ConfigError("fn is required: package.module:callable")
+    if settings.batch_format == "columns" and settings.batch_size is None:
+        raise ConfigError("batch_format 'columns' needs batch_size: the function gets up to that many rows per call")
     split = split or (resolve(settings.split) if settings.split else None)
+    if split and settings.batch_format == "columns":
+        raise ConfigError("batch_format 'columns' cannot be combined with split (fan-out runs record by record)")
     combine = combine or (resolve(settings.combine) if settings.combine else None)
     fanin = FanIn(split, combine or default_combine) if split else None
     src = open_source(source if source is not None else settings.input or _missing_input())

@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,13 +29,29 @@ class Pending:
 
     positions: list[int] = field(default_factory=list)
     keys: list[Any] = field(default_factory=list)
-    outputs: list[Any] = field(default_factory=list)
+    outputs: list[Sequence] = field(default_factory=list)  # pieces, in the order of positions: whole batches'
+    # results as the engine returned them (lists, or ArrowRecords of a columns batch), or lists of single ones
     failures: list[Failure] = field(default_factory=list)
     meta: dict | None = None  # ledger meta to record in the same transaction (e.g. API metrics for `status`)
     shard: Shard | None = None  # the encoded results, once submitted
+    _singles: list | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.positions) + len(self.failures)
+
+    def extend(self, positions: list[int], keys: list, outputs: Sequence) -> None:
+        """A whole batch's results, kept as they came (no copy per item)."""
+        self.positions.extend(positions)
+        self.keys.extend(keys)
+        self.outputs.append(outputs)
+
+    def add(self, pos: int, key: Any, output: Any) -> None:
+        self.positions.append(pos)
+        self.keys.append(key)
+        if not self.outputs or self.outputs[-1] is not self._singles:
+            self._singles = []
+            self.outputs.append(self._singles)
+        self._singles.append(output)
 
 
 @dataclass(frozen=True)
@@ -119,15 +136,14 @@ def encode(pending: Pending, fmt: str, key_column: str) -> Shard | None:
     """The shard's bytes, rows in source order; the Python objects are released."""
     if not pending.positions:
         return None
-    positions, keys, outputs = pending.positions, pending.keys, pending.outputs
+    positions = pending.positions
+    table = shards.build_table(key_column, pending.keys, pending.outputs)
     if positions != sorted(positions):  # retries and parallel engines finish out of order
         order = sorted(range(len(positions)), key=positions.__getitem__)
         positions = [positions[i] for i in order]
-        keys = [keys[i] for i in order]
-        outputs = [outputs[i] for i in order]
-    table = shards.build_table(key_column, keys, outputs)
+        table = table.take(order)
     spans = intervals.from_sorted(positions)
-    pending.keys, pending.outputs = [], []
+    pending.keys, pending.outputs, pending._singles = [], [], None
     return Shard(shards.serialize(table, fmt, spans), table.num_rows, spans)
 
 

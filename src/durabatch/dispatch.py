@@ -7,10 +7,11 @@ import hashlib
 import heapq
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
 
+from .columns import ArrowRecords, join
 from .engines import Batch
 from .errors import InputError
 from .fanout import FanIn
@@ -79,7 +80,7 @@ class Dispatch:
             return None
         positions: list[int] = []
         keys: list[Any] = []
-        records: list[dict] = []
+        pieces: list[Sequence[dict]] = []  # slices of blocks' records (lists, or ArrowRecords in columns mode)
         try:
             while len(positions) < self.chunk:  # slices of the stream's blocks: no per-item work here
                 if self._offset >= len(self._block[0]):
@@ -91,13 +92,13 @@ class Dispatch:
                     at = next(i for i, p in enumerate(cut) if p in self.suspects)
                     positions += cut[:at]
                     keys += block_keys[o:o + at]
-                    records += block_records[o:o + at]
+                    pieces.append(block_records[o:o + at])
                     self._held = (cut[at], block_keys[o + at], block_records[o + at])
                     self._offset = o + at + 1
                     break
                 positions += cut
                 keys += block_keys[o:o + take]
-                records += block_records[o:o + take]
+                pieces.append(block_records[o:o + take])
                 self._offset = o + len(cut)
         except StopIteration:
             self.source_done = True
@@ -106,7 +107,7 @@ class Dispatch:
                 raise
             self._error = exc
         if positions:
-            return self._new_batch(positions, keys, records, 1, False)
+            return self._new_batch(positions, keys, join([p for p in pieces if len(p)]), 1, False)
         return self.next_batch(idle) if self._held is not None and idle else None
 
     def _batch(self, items: list[tuple[int, Any, dict]], attempt: int, solo: bool) -> Batch:
@@ -129,10 +130,13 @@ class Dispatch:
         key = self.settings.key
         simple = key is not None and not self.plan.check_keys_in_stream and self.plan.skip_keys is None \
             and self.fanin is None
-        for positions, lines, records in self.source.blocks(self.plan.wanted, self.plan.hi):
+        columnar = self.settings.batch_format == "columns"
+        for positions, lines, records in self.source.blocks(self.plan.wanted, self.plan.hi, columnar=columnar):
             if simple:  # the common case: keys checked before the run, every row a record with its key
                 try:
-                    keys = list(map(itemgetter(key), records))  # in C; a bad row or a missing key raises
+                    # In C (Arrow, or itemgetter); a bad row or a missing key raises.
+                    keys = records.column(key) if type(records) is ArrowRecords else \
+                        list(map(itemgetter(key), records))
                 except (KeyError, TypeError):
                     keys = [None]
                 if None not in keys:

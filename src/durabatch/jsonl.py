@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pjson
 
+from .columns import ArrowRecords
+
 BLOCK = 1 << 18  # bytes parsed at a time: ~10k short records, ~3 MB of Python objects at most
 GIVE_UP = 3  # blocks Arrow could not read faithfully before the rest of the file goes the Python way
 
@@ -23,10 +25,10 @@ Block = tuple[list[int], list[int], list[Any]]  # positions, line numbers, recor
 
 
 def jsonl_blocks(path: str, pos: int, wanted: Callable[[int], bool], end: int | None, bad: Callable[[str, str], Any],
-                 block_size: int = BLOCK) -> Generator[Block, None, int | None]:
+                 block_size: int = BLOCK, columnar: bool = False) -> Generator[Block, None, int | None]:
     """Yields blocks of (positions, line numbers, records or bad(where, message)) for the wanted non-blank lines
     of `path`, positions from `pos`; returns the position after the file's last (where the next file starts),
-    or None when `end` was reached."""
+    or None when `end` was reached. columnar=True: the records of a block Arrow read are ArrowRecords."""
     misses = 0
     lineno = 0
 
@@ -38,7 +40,12 @@ def jsonl_blocks(path: str, pos: int, wanted: Callable[[int], bool], end: int | 
             stop = lines if end is None else max(0, min(lines, end - pos))
             positions = list(filter(wanted, range(pos, pos + stop)))
             picks = None if len(positions) == lines else [p - pos for p in positions]
-            records = _records(table, picks) if positions else []
+            if not positions:
+                records = []
+            elif columnar:  # full validation has checked the UTF-8 that _records checks by decoding
+                records = ArrowRecords(table if picks is None else table.take(picks))
+            else:
+                records = _records(table, picks)
             if records is not None:
                 if records:
                     numbers = list(range(lineno + 1, lineno + lines + 1)) if picks is None else \

@@ -161,7 +161,8 @@ class Run:
                              parse_size(self.settings.max_worker_memory), self.settings.concurrency, self.limits)
         try:
             with self._interruptible():  # a second Ctrl-C while setup() runs stops at once
-                engine.start(Work(self.target, self.settings.batch_size is not None, self.settings.cleanup_every))
+                engine.start(Work(self.target, self.settings.batch_size is not None, self.settings.cleanup_every,
+                                  columns=self.settings.batch_format == "columns"))
         except KeyboardInterrupt:
             engine.close(cancel=True)
             return self.stop.reason or "SIGINT", None
@@ -305,9 +306,7 @@ class Run:
         if batch.solo:
             self._solo_in_flight = False
         if not result.errors and self.fanin is None:
-            pending.positions.extend(batch.positions)
-            pending.keys.extend(batch.keys)
-            pending.outputs.extend(result.outputs)
+            pending.extend(batch.positions, batch.keys, result.outputs)
             self.stats.done += len(batch.positions)
         elif not result.errors:
             for i, (pos, key) in enumerate(zip(batch.positions, batch.keys, strict=True)):
@@ -320,9 +319,7 @@ class Run:
                                                          result.errors[i].message, 1, ItemState.INTERRUPTED))
                     self.stats.failed += 1
                 else:
-                    pending.positions.append(pos)
-                    pending.keys.append(key)
-                    pending.outputs.append(result.outputs[i])
+                    pending.add(pos, key, result.outputs[i])
                     self.stats.done += 1
         elif len(batch.positions) > 1 and all(e.error_type in ("WorkerDied", "ItemTimeout")
                                               for e in result.errors.values()):
@@ -354,9 +351,7 @@ class Run:
         if self.fanin is not None:
             self.fanin.done(record, output)  # a segment: its document completes when the last one does
             return
-        self.pending.positions.append(pos)
-        self.pending.keys.append(key)
-        self.pending.outputs.append(output)
+        self.pending.add(pos, key, output)
         self.stats.done += 1
 
     def _finally_failed(self, record: dict, failure: Failure) -> None:
@@ -372,9 +367,7 @@ class Run:
         if fanin is None or not (fanin.ready or fanin.failed):
             return
         for pos, key, output in fanin.ready:
-            self.pending.positions.append(pos)
-            self.pending.keys.append(key)
-            self.pending.outputs.append(output)
+            self.pending.add(pos, key, output)
         self.stats.done += len(fanin.ready)
         self.pending.failures.extend(fanin.failed)
         self.stats.failed += len(fanin.failed)

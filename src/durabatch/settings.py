@@ -34,6 +34,10 @@ class JobSettings(BaseModel):
     batch_size: int | None = Field(
         None, ge=1, description="Call fn with lists of up to N records (a batch function). Unset: one record."
     )
+    batch_format: Literal["rows", "columns"] = Field(
+        "rows", description="rows: fn gets a list of records; columns: fn gets {field: [values]} and returns "
+        "{field: [values]} (or an Arrow table), the shape of HF map(batched=True), read and written in Arrow."
+    )
     workers: int = Field(1, ge=1, description="Parallel workers.")
     engine: Literal["inline", "threads", "processes", "asyncio"] | None = Field(
         None, description="inline (one worker, for debugging), threads, processes or asyncio. Default: asyncio "

@@ -11,22 +11,51 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from itertools import chain
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .columns import ArrowRecords, to_array
 from .ledger import Ledger, RunDir, ShardRecord
 
 TMP_PREFIX = ".tmp-"
 SUFFIX = {"parquet": ".parquet", "jsonl": ".jsonl"}
 
 
-def build_table(key_column: str, keys: list, outputs: list[Any]) -> pa.Table:
-    """Results as a table: the key column first, then the function's fields (a non-dict result is "result")."""
+def build_table(key_column: str, keys: list, pieces: list[Sequence]) -> pa.Table:
+    """Results as a table: the key column first, then the function's fields (a non-dict result is "result").
+    `pieces` are lists of results or ArrowRecords (from a columns batch function), aligned with `keys`."""
+    parts: list[pa.Table] = []
+    rows: list = []
+    at = 0  # where the current run of rows starts in keys
+    for piece in pieces:
+        if type(piece) is ArrowRecords:
+            if rows:
+                parts.append(_rows_table(key_column, keys[at:at + len(rows)], rows))
+                at, rows = at + len(rows), []
+            table = piece.table
+            if key_column in table.column_names:
+                table = table.drop_columns([key_column])
+            parts.append(table.add_column(0, key_column, to_array(keys[at:at + len(piece)])))
+            at += len(piece)
+        else:
+            rows += piece
+    if rows or not parts:
+        parts.append(_rows_table(key_column, keys[at:], rows))
+    if len(parts) == 1:
+        return parts[0]
+    try:
+        return pa.concat_tables(parts, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # e.g. a field that is a number in one piece, text in another
+        rows = list(chain.from_iterable(p.drop_columns([key_column]).to_pylist() for p in parts))
+        return _rows_table(key_column, keys, rows)
+
+
+def _rows_table(key_column: str, keys: list, outputs: list) -> pa.Table:
     if set(map(type, outputs)) != {dict}:
         outputs = [o if type(o) is dict else {"result": o} for o in outputs]
     names = [n for n in dict.fromkeys(chain.from_iterable(outputs)) if n != key_column]
@@ -36,15 +65,7 @@ def build_table(key_column: str, keys: list, outputs: list[Any]) -> pa.Table:
             columns[name] = list(map(itemgetter(name), outputs))  # in C
         except KeyError:  # a field some results lack
             columns[name] = [o.get(name) for o in outputs]
-    return pa.table({n: _to_array(n, v) for n, v in columns.items()})
-
-
-def _to_array(name: str, values: list) -> pa.Array:
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        # Mixed types in one column: keep the data, as JSON text, rather than fail the commit.
-        return pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string())
+    return pa.table({n: to_array(v) for n, v in columns.items()})
 
 
 SPANS_META = b"durabatch.spans"

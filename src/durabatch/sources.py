@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from .columns import ArrowRecords
 from .errors import ConfigError, InputError
 from .jsonl import Block, jsonl_blocks
 
@@ -65,9 +66,9 @@ class FileSource:
             chunks = [c.cast(pa.string()) for c in chunks]
         return pa.chunked_array(chunks, type=chunks[0].type if chunks else pa.string())
 
-    def blocks(self, wanted: Wanted, end: int | None) -> Iterator[Block]:
+    def blocks(self, wanted: Wanted, end: int | None, columnar: bool = False) -> Iterator[Block]:
         """(positions, line numbers or row numbers, records or BadRows) of the wanted rows, a block at a time;
-        `self.current` names the file being read."""
+        `self.current` names the file being read. columnar=True: records Arrow read stay Arrow (ArrowRecords)."""
         pos = 0
         for path in self.paths:
             if end is not None and pos >= end:
@@ -75,9 +76,11 @@ class FileSource:
             self.current = path
             fmt = _fmt(path)
             if fmt == "jsonl":
-                reader = jsonl_blocks(path, pos, wanted, end, BadRow)
+                reader = jsonl_blocks(path, pos, wanted, end, BadRow, columnar=columnar)
+            elif fmt == "parquet":
+                reader = _parquet_blocks(path, pos, wanted, end, columnar)
             else:
-                reader = in_blocks((_csv_rows if fmt == "csv" else _parquet_rows)(path, pos, wanted, end))
+                reader = in_blocks(_csv_rows(path, pos, wanted, end))
             try:
                 pos = yield from reader  # where the next file's positions start
                 if pos is None:  # `end` reached
@@ -87,8 +90,8 @@ class FileSource:
 
     def rows(self, wanted: Wanted, end: int | None) -> Iterator[tuple[int, Any, Any]]:
         """(position, line number or row number, record or BadRow), one at a time."""
-        for block in self.blocks(wanted, end):
-            yield from zip(*block, strict=True)
+        for positions, lines, records in self.blocks(wanted, end):
+            yield from zip(positions, lines, records, strict=True)
 
     def where(self, line: Any) -> str:
         return f"{self.current} line {line}" if _fmt(self.current) != "parquet" else f"{self.current} row {line}"
@@ -117,7 +120,7 @@ class IterableSource:
     def where(self, line: Any) -> str:
         return f"{self.name} item {line}"
 
-    def blocks(self, wanted: Wanted, end: int | None) -> Iterator[Block]:
+    def blocks(self, wanted: Wanted, end: int | None, columnar: bool = False) -> Iterator[Block]:
         return in_blocks(self.rows(wanted, end))
 
     def rows(self, wanted: Wanted, end: int | None) -> Iterator[tuple[int, Any, Any]]:
@@ -154,8 +157,23 @@ class DatasetSource:
     def where(self, line: Any) -> str:
         return f"dataset row {line}"
 
-    def blocks(self, wanted: Wanted, end: int | None) -> Iterator[Block]:
-        return in_blocks(self.rows(wanted, end))
+    def blocks(self, wanted: Wanted, end: int | None, columnar: bool = False) -> Iterator[Block]:
+        if not columnar:
+            return in_blocks(self.rows(wanted, end))
+        return self._arrow_blocks(wanted, end)
+
+    def _arrow_blocks(self, wanted: Wanted, end: int | None) -> Iterator[Block]:
+        pos = 0
+        for table in self.dataset.with_format("arrow").iter(batch_size=BLOCK_ROWS):
+            if end is not None and pos >= end:
+                return
+            stop = table.num_rows if end is None else min(table.num_rows, end - pos)
+            picks = [i for i in range(stop) if wanted(pos + i)]
+            if picks:
+                positions = [pos + i for i in picks]
+                yield positions, positions, ArrowRecords(table.slice(0, stop) if len(picks) == stop
+                                                         else table.take(picks))
+            pos += table.num_rows
 
     def rows(self, wanted: Wanted, end: int | None) -> Iterator[tuple[int, Any, Any]]:
         pos = 0
@@ -281,7 +299,8 @@ def _arrow_key_batches(path: str, key: str) -> Iterator[pa.Array]:
         raise ValueError("key is neither an integer nor a string")
     schema = pa.schema([(key, key_type)])
     options = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-    for batch in pjson.open_json(path, read_options=pjson.ReadOptions(use_threads=False, block_size=1 << 18),
+    # Threads: nothing else runs while the keys are checked, and Arrow parses without the GIL.
+    for batch in pjson.open_json(path, read_options=pjson.ReadOptions(use_threads=True, block_size=1 << 18),
                                  parse_options=options):
         yield batch.column(0)
 
@@ -319,21 +338,20 @@ def _csv_rows(path: str, pos: int, wanted: Wanted, end: int | None) -> Generator
     return pos
 
 
-def _parquet_rows(path: str, pos: int, wanted: Wanted, end: int | None) -> Generator:
+def _parquet_blocks(path: str, pos: int, wanted: Wanted, end: int | None, columnar: bool) -> Generator:
     import pyarrow.parquet as pq
 
     first = pos
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=BLOCK_ROWS):
         if end is not None and pos >= end:
-            return
-        n = batch.num_rows
-        if not any(wanted(p) for p in range(pos, pos + n)):
-            pos += n
-            continue
-        for record in batch.to_pylist():
-            if end is not None and pos >= end:
-                return
-            if wanted(pos):
-                yield pos, pos - first + 1, record  # rows named from 1, like lines
-            pos += 1
+            return None
+        stop = batch.num_rows if end is None else min(batch.num_rows, end - pos)
+        picks = [i for i in range(stop) if wanted(pos + i)]
+        if picks:
+            table = pa.Table.from_batches([batch])
+            table = table.slice(0, stop) if len(picks) == stop else table.take(picks)
+            positions = [pos + i for i in picks]
+            rows = [pos + i - first + 1 for i in picks]  # rows named from 1, like lines
+            yield positions, rows, ArrowRecords(table) if columnar else table.to_pylist()
+        pos += batch.num_rows
     return pos

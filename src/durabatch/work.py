@@ -12,10 +12,14 @@ import sys
 import threading
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
+import pyarrow as pa
+
+from .columns import ArrowRecords, from_columns, join, to_columns
 from .errors import ConfigError
 
 
@@ -147,9 +151,10 @@ def identity(target: Any) -> str:
 class Work:
     """One worker's view of the job's function. Picklable while unprepared, so process workers can build their own."""
 
-    def __init__(self, target: Any, batched: bool, cleanup_every: int = 0):
+    def __init__(self, target: Any, batched: bool, cleanup_every: int = 0, columns: bool = False):
         self.target = target
         self.batched = batched
+        self.columns = columns  # a batch function of {field: values} (batch_format="columns")
         self.cleanup_every = cleanup_every
         self.batch_limit: int | None = None  # lowered when the batch function runs out of memory
         self.note: str | None = None  # something the runner should report (taken by the engine)
@@ -161,7 +166,7 @@ class Work:
 
     def copy(self) -> Work:
         """An unprepared copy, for another worker."""
-        return Work(self.target, self.batched, self.cleanup_every)
+        return Work(self.target, self.batched, self.cleanup_every, self.columns)
 
     @property
     def is_async(self) -> bool:
@@ -205,8 +210,9 @@ class Work:
         except Exception as exc:  # noqa: BLE001
             warnings.warn(f"teardown() failed: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=1)
 
-    def execute(self, records: list[dict], timeout: float | None = None) -> tuple[list[Any], dict[int, ItemError]]:
-        """Run the function over records: outputs aligned with records (None where failed) and errors by index.
+    def execute(self, records: Sequence[dict], timeout: float | None = None) -> tuple[Sequence, dict[int, ItemError]]:
+        """Run the function over records: outputs aligned with records (None where failed) and errors by index
+        (a columns batch that fully succeeded returns its results as one ArrowRecords).
         `timeout` (seconds per record) is enforced in the main thread only: engines elsewhere enforce their own."""
         if self._fn is None:
             self.prepare()
@@ -216,10 +222,13 @@ class Work:
         if self.cleanup_every and self._calls % self.cleanup_every == 0:
             cleanup()
         if self.batched:
+            pieces: list[tuple[int, ArrowRecords]] = []  # columns: (start, results) of each call that succeeded
             with time_limit(timeout * len(records) if timeout else None):
                 step = self.batch_limit or len(records)
                 for lo in range(0, len(records), step):
-                    self._run_batch(records, lo, min(lo + step, len(records)), outputs, errors)
+                    self._run_batch(records, lo, min(lo + step, len(records)), outputs, errors, pieces)
+            if self.columns:
+                return _aligned(pieces, outputs, errors), errors
         elif self._is_async:
             with time_limit(timeout * len(records) if timeout else None):
                 self._run_async(records, outputs, errors)
@@ -239,8 +248,17 @@ class Work:
                     errors[i] = ItemError.from_exception(exc)
         return outputs, errors
 
-    def _run_batch(self, records: list, lo: int, hi: int, outputs: list, errors: dict) -> None:
+    def _run_batch(self, records: Sequence, lo: int, hi: int, outputs: list, errors: dict,
+                   pieces: list[tuple[int, ArrowRecords]]) -> None:
         try:
+            if self.columns:
+                result = self._call(to_columns(records[lo:hi]))
+                try:
+                    pieces.append((lo, from_columns(result, hi - lo)))
+                except (TypeError, ValueError, pa.ArrowException) as exc:
+                    error = ItemError("BatchLengthError", str(exc), "")  # the function's shape, not an item's
+                    errors.update(dict.fromkeys(range(lo, hi), error))
+                return
             result = self._call(records[lo:hi])
         except Exception as exc:  # noqa: BLE001
             if hi - lo == 1:
@@ -254,8 +272,8 @@ class Work:
                         f"continuing with batches of {self.batch_limit}")
                 self.note = f"{self.note}; {note}" if self.note else note
             mid = (lo + hi) // 2  # bisect so that only the items that really fail are recorded as failed
-            self._run_batch(records, lo, mid, outputs, errors)
-            self._run_batch(records, mid, hi, outputs, errors)
+            self._run_batch(records, lo, mid, outputs, errors, pieces)
+            self._run_batch(records, mid, hi, outputs, errors, pieces)
             return
         if not isinstance(result, list | tuple) or len(result) != hi - lo:
             got = f"{len(result)} results" if hasattr(result, "__len__") else type(result).__name__
@@ -283,6 +301,15 @@ class Work:
                 raise result
             else:
                 outputs[i] = result
+
+
+def _aligned(pieces: list[tuple[int, ArrowRecords]], outputs: list, errors: dict) -> Sequence:
+    """A columns batch's results: one table when every call succeeded, else a list with None where failed."""
+    if not errors:
+        return join([piece for _, piece in sorted(pieces, key=itemgetter(0))])
+    for lo, piece in pieces:
+        outputs[lo:lo + len(piece)] = piece.rows()
+    return outputs
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

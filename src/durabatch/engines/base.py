@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,7 +17,7 @@ class Batch:
     id: int
     positions: list[int]
     keys: list[Any]
-    records: list[dict]
+    records: Sequence[dict]  # a list, or ArrowRecords (columns mode)
     attempt: int = 1
     solo: bool = False  # one suspect item, run alone to find out whether it kills its worker
 
@@ -24,7 +25,7 @@ class Batch:
 @dataclass(slots=True)
 class BatchResult:
     batch: Batch
-    outputs: list[Any]  # aligned with batch.records; None where failed
+    outputs: Sequence[Any]  # aligned with batch.records; None where failed (ArrowRecords: all succeeded)
     errors: dict[int, ItemError]  # index in the batch -> error
     seconds: float
     note: str | None = None  # e.g. the batch function ran out of memory and continues with smaller batches
