@@ -6,7 +6,25 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class From:
+    """Every position from `lo` on: what a fresh run wants. select() makes a block's positions in C."""
+
+    lo: int = 0
+
+    def __call__(self, pos: int) -> bool:
+        return pos >= self.lo
+
+
+def select(wanted: Callable[[int], bool], lo: int, hi: int) -> list[int]:
+    """The positions in [lo, hi) that `wanted` accepts, in order."""
+    if type(wanted) is From:
+        return list(range(max(lo, wanted.lo), hi))
+    return list(filter(wanted, range(lo, hi)))
 
 
 def from_sorted(positions: Iterable[int]) -> list[tuple[int, int]]:

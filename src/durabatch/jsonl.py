@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pjson
 
 from .columns import ArrowRecords
+from .intervals import select
 
 BLOCK = 1 << 18  # bytes parsed at a time: ~10k short records, ~3 MB of Python objects at most
 GIVE_UP = 3  # blocks Arrow could not read faithfully before the rest of the file goes the Python way
@@ -38,7 +39,7 @@ def jsonl_blocks(path: str, pos: int, wanted: Callable[[int], bool], end: int | 
     for block, lines, table in _read_ahead(path, block_size, parse):
         if table is not None:  # Arrow read one record per line: positions and line numbers follow
             stop = lines if end is None else max(0, min(lines, end - pos))
-            positions = list(filter(wanted, range(pos, pos + stop)))
+            positions = select(wanted, pos, pos + stop)
             picks = None if len(positions) == lines else [p - pos for p in positions]
             if not positions:
                 records = []

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from .columns import ArrowRecords
 from .errors import ConfigError, InputError
+from .intervals import select
 from .jsonl import Block, jsonl_blocks
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
@@ -168,11 +169,9 @@ class DatasetSource:
             if end is not None and pos >= end:
                 return
             stop = table.num_rows if end is None else min(table.num_rows, end - pos)
-            picks = [i for i in range(stop) if wanted(pos + i)]
-            if picks:
-                positions = [pos + i for i in picks]
-                yield positions, positions, ArrowRecords(table.slice(0, stop) if len(picks) == stop
-                                                         else table.take(picks))
+            positions = select(wanted, pos, pos + stop)
+            if positions:
+                yield positions, positions, ArrowRecords(_rows_at(table, positions, pos, stop))
             pos += table.num_rows
 
     def rows(self, wanted: Wanted, end: int | None) -> Iterator[tuple[int, Any, Any]]:
@@ -346,12 +345,15 @@ def _parquet_blocks(path: str, pos: int, wanted: Wanted, end: int | None, column
         if end is not None and pos >= end:
             return None
         stop = batch.num_rows if end is None else min(batch.num_rows, end - pos)
-        picks = [i for i in range(stop) if wanted(pos + i)]
-        if picks:
-            table = pa.Table.from_batches([batch])
-            table = table.slice(0, stop) if len(picks) == stop else table.take(picks)
-            positions = [pos + i for i in picks]
-            rows = [pos + i - first + 1 for i in picks]  # rows named from 1, like lines
+        positions = select(wanted, pos, pos + stop)
+        if positions:
+            table = _rows_at(pa.Table.from_batches([batch]), positions, pos, stop)
+            rows = [p - first + 1 for p in positions]  # rows named from 1, like lines
             yield positions, rows, ArrowRecords(table) if columnar else table.to_pylist()
         pos += batch.num_rows
     return pos
+
+
+def _rows_at(table: pa.Table, positions: list[int], pos: int, stop: int) -> pa.Table:
+    """The rows of a block starting at `pos` that `positions` name (all of the first `stop`: a zero-copy slice)."""
+    return table.slice(0, stop) if len(positions) == stop else table.take([p - pos for p in positions])
