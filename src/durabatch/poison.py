@@ -31,7 +31,12 @@ class Journal:
         self.durable = durable
 
     def dispatched(self, batch: Batch, solo: bool) -> None:
-        entry = {"b": batch.id, "spans": intervals.from_sorted(sorted(set(batch.positions)))}
+        ps = batch.positions
+        if ps[-1] - ps[0] + 1 == len(ps) and ps == sorted(ps):  # a slice of the stream: one span, found in C
+            spans = [(ps[0], ps[-1] + 1)]
+        else:  # retries, suspects, fan-out segments (which share their document's position)
+            spans = intervals.from_sorted(sorted(set(ps)))
+        entry = {"b": batch.id, "spans": spans}
         if solo or len(batch.keys) == 1:
             entry["solo"] = solo
             entry["key"] = None if batch.keys[0] is None else str(batch.keys[0])

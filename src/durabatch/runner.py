@@ -56,6 +56,21 @@ class RunSummary:
         return text
 
 
+class _Interruptible:
+    """Inside, a second Ctrl-C interrupts the user's code (never the runner's own bookkeeping)."""
+
+    __slots__ = ("flag",)
+
+    def __init__(self, flag: StopFlag):
+        self.flag = flag
+
+    def __enter__(self) -> None:
+        self.flag.interrupt_on_urgent = True
+
+    def __exit__(self, *exc: Any) -> None:
+        self.flag.interrupt_on_urgent = False
+
+
 class Run:
     """One execution of a job on its run directory (the CLI's `run`, the library's `run()`)."""
 
@@ -258,17 +273,8 @@ class Run:
         """Time to finish what is in flight and commit: twice the slowest recent batch, at least a second."""
         return max(1.0, 2 * self._slowest) + 0.5
 
-    def _interruptible(self) -> Any:
-        flag = self.stop
-
-        class _Ctx:
-            def __enter__(self) -> None:
-                flag.interrupt_on_urgent = True
-
-            def __exit__(self, *exc: Any) -> None:
-                flag.interrupt_on_urgent = False
-
-        return _Ctx()
+    def _interruptible(self) -> _Interruptible:
+        return _Interruptible(self.stop)
 
     def _drain(self, engine: Engine, t0: float) -> bool:
         """After a stop request: let in-flight batches finish within the grace period. True if some did not."""
