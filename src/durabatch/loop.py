@@ -8,7 +8,8 @@ an emergency save on SIGTERM / SIGUSR1 / Ctrl-C or a deadline, and a small metri
     # a stop request saves at the next step boundary and exits 75; running the same script again resumes
 
 A checkpoint is a directory written under a temporary name, fsynced and renamed: a half-written one is never
-picked up."""
+picked up. Periodic saves go on in the background: a TorchState is copied into shared memory and written by a
+separate process (ckptwriter.py), any other state with a snapshot() by a thread."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from .shards import fsync_dir
+from . import ckptwriter
+from .ckptwriter import complete_checkpoints, prune, publish
 from .stopping import StopFlag, wall_deadline
 
 EXIT_STOPPED = 75
@@ -69,25 +71,17 @@ class CallableState:
         self._load(directory)
 
 
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.rglob("*"):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    fsync_dir(directory)
-
-
 class Checkpointer:
     def __init__(self, run_dir: str | os.PathLike, state: State, every_steps: int | None = None,
                  every_seconds: float | None = None, keep_last: int = 3, keep_best: int = 0,
                  metric: str | None = None, mode: str = "min", deadline: str | None = None,
                  deadline_at: str | None = None, exit_on_stop: bool = True, fsync: bool = True,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, writer_process: bool = True):
         """fsync=False keeps checkpoints safe against the process dying (kill -9, OOM, a quota) but not against
-        the machine losing power; it removes the flush, which is most of a checkpoint's cost on slow disks."""
+        the machine losing power; it removes the flush, which is most of a checkpoint's cost on slow disks.
+        writer_process=False writes a TorchState's periodic checkpoints from a thread, like other states',
+        instead of from a separate writer process (the default, on Linux), which does not compete with training
+        for the GIL."""
         if keep_best and not metric:
             raise ValueError("keep_best needs metric= (the name of a recorded metric)")
         self.dir = Path(run_dir) / "checkpoints"
@@ -112,16 +106,18 @@ class Checkpointer:
         self._writer: threading.Thread | None = None
         self._jobs: queue.Queue = queue.Queue()
         self._write_error: BaseException | None = None
+        self.writer_process = writer_process and ckptwriter.AVAILABLE
+        self._process: ckptwriter.WriterProcess | None = None
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, newest first."""
-        done = [p for p in self.dir.glob("step-*") if (p / "meta.json").exists()]
-        return sorted(done, key=lambda p: int(p.name.split("-")[1]), reverse=True)
+        return complete_checkpoints(self.dir)
 
     def save(self, step: int | None = None, reason: str = "periodic", background: bool = False) -> Path:
         """Write a checkpoint. background=True (periodic saves of states that can snapshot) copies the state in
-        memory now and writes it from a thread, so the loop goes on at once; a stop or the end waits for it."""
+        memory now and writes it from a separate process or a thread, so the loop goes on at once; a stop or the
+        end waits for it."""
         step = self.step if step is None else step
         self.wait()
         t0 = time.perf_counter()
@@ -129,7 +125,9 @@ class Checkpointer:
         meta = {"step": step, "time": self.clock(), "elapsed": self.clock() - self.started, "reason": reason,
                 "metrics": dict(self._metrics)}
         snapshot = getattr(self.state, "snapshot", None)
-        if background and snapshot is not None:
+        if background and self._write_in_process(step, final, meta):
+            pass  # copied into the writer process's buffer; it writes the checkpoint
+        elif background and snapshot is not None:
             if self._writer is None:  # one long-lived writer: starting a thread per save stalled the loop ~1 ms
                 self._writer = threading.Thread(target=self._write_loop, name="durabatch-checkpoint-writer",
                                                 daemon=True)
@@ -143,8 +141,55 @@ class Checkpointer:
         self.saves += 1
         return final
 
+    def _write_in_process(self, step: int, final: Path, meta: dict) -> bool:
+        """Copy the state into the writer process's shared buffer and hand it the job; False when the state
+        cannot (no snapshot_into, or a value the raw format cannot hold) or there is no writer process."""
+        snapshot_into = getattr(self.state, "snapshot_into", None)
+        if snapshot_into is None or not self.writer_process:
+            return False
+        if self._process is not None and (self._process.closed or self._process.owner != os.getpid()):
+            self._process = None
+        try:
+            name, header, sizes = snapshot_into(self._buffer_for)
+        except TypeError:
+            return False  # the raw format cannot hold it: the thread writes it (torch.save)
+        except OSError as exc:  # no process or no shared memory here (a sandbox...): threads it is, from now on
+            print(f"[durabatch] checkpoint writer process unavailable ({exc}); writing from a thread",
+                  file=sys.stderr)
+            self._stop_writer_process()
+            self.writer_process = False
+            return False
+        assert self._process is not None
+        # absolute: the writer process keeps the directory it started in, whatever this one does after
+        self._process.send({"dir": str(self.dir.absolute()), "tmp": str(self._tmp(step).absolute()),
+                            "final": str(final.absolute()), "meta": meta,
+                            "file": name, "header": header, "sizes": sizes, "fsync": self.fsync,
+                            "keep_last": self.keep_last, "keep_best": self.keep_best, "metric": self.metric,
+                            "mode": self.mode})
+        return True
+
+    def _buffer_for(self, nbytes: int) -> Any:
+        if self._process is None:
+            self._process = ckptwriter.WriterProcess()
+        return self._process.buffer(nbytes)
+
+    def _start_writer_process(self) -> None:
+        """With the loop, so that the first checkpoint does not wait for it (its start costs ~30 ms of CPU)."""
+        if self.writer_process and self._process is None and hasattr(self.state, "snapshot_into"):
+            try:
+                self._process = ckptwriter.WriterProcess()
+            except OSError:
+                pass  # said, and the thread used instead, at the first checkpoint
+
+    def _stop_writer_process(self) -> None:
+        if self._process is not None:
+            self._process.close()
+            self._process = None
+
     def wait(self) -> None:
         """Wait for a checkpoint being written in the background; raise what went wrong writing it."""
+        if self._process is not None:
+            self._process.result()
         if self._writer is not None:
             self._jobs.join()
         if self._write_error is not None:
@@ -162,39 +207,19 @@ class Checkpointer:
                 del job
                 self._jobs.task_done()
 
+    def _tmp(self, step: int) -> Path:
+        return self.dir / f".tmp-step-{step:012d}-{os.getpid()}"
+
     def _write(self, step: int, final: Path, meta: dict, data: Any) -> None:
-        tmp = self.dir / f".tmp-step-{step:012d}-{os.getpid()}"
+        tmp = self._tmp(step)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         if data is None:
             self.state.save(tmp)
         else:
             self.state.write(data, tmp)  # type: ignore[attr-defined]
-        (tmp / "meta.json").write_text(json.dumps(meta))  # written last: its presence marks a whole checkpoint
-        if self.fsync:
-            _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if self.fsync:
-            fsync_dir(self.dir)
-        with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(meta) + "\n")
-        self._prune()
-
-    def _prune(self) -> None:
-        kept = self.checkpoints()
-        keep = set(kept[: self.keep_last])
-        if self.keep_best and self.metric:
-            scored = [(json.loads((p / "meta.json").read_text())["metrics"].get(self.metric), p) for p in kept]
-            scored = [(v, p) for v, p in scored if isinstance(v, int | float)]
-            scored.sort(key=lambda vp: vp[0], reverse=self.mode == "max")
-            keep |= {p for _, p in scored[: self.keep_best]}
-        for path in kept:
-            if path not in keep:
-                shutil.rmtree(path, ignore_errors=True)
-        for leftover in self.dir.glob(".tmp-step-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        publish(tmp, final, meta, self.fsync)
+        prune(self.dir, self.keep_last, self.keep_best, self.metric, self.mode)
 
     def resume(self) -> int:
         """Load the latest good checkpoint; the step to continue from (0 when there is none)."""
@@ -221,6 +246,8 @@ class Checkpointer:
         start = self.resume()
         self.stop.install()
         try:
+            if start < total:
+                self._start_writer_process()
             last = time.perf_counter()
             for step in range(start, total):
                 yield step
@@ -242,8 +269,11 @@ class Checkpointer:
             if self.saved_step != self.step:
                 self.save(reason="final")
         finally:
-            self.wait()
-            self.stop.restore()
+            try:
+                self.wait()
+            finally:
+                self._stop_writer_process()  # it would end with this process anyway; not to linger until then
+                self.stop.restore()
 
     def _due(self) -> bool:
         if self.every_steps and self.step % self.every_steps == 0:
