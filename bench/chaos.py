@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 import userfns  # noqa: E402
 
-from durabatch.ledger import Ledger, RunDir, lock_holder  # noqa: E402
+from durabatch.store.ledger import Ledger  # noqa: E402
+from durabatch.store.rundir import RunDir, lock_holder  # noqa: E402
 from durabatch.supervise import STALL_LIMIT  # noqa: E402
 
 

@@ -26,8 +26,8 @@ import time
 
 import torch
 
-from durabatch.integrations.torch import TorchState
-from durabatch.loop import Checkpointer
+from durabatch.loops.checkpointer import Checkpointer
+from durabatch.loops.torch import TorchState
 
 
 def train(steps: int, batch: int, run_dir: str | None, fsync: bool = True, process: bool = True) -> list[float]:

@@ -121,7 +121,7 @@ def test_per_item_timeout_cancels_the_call(tmp_path):
 
 
 def test_named_limits_apply_per_record_field(tmp_path):
-    from durabatch.limits import Limits, LimitSpec
+    from durabatch.policies.limits import Limits, LimitSpec
 
     now = [0.0]
     limits = Limits({"fast": LimitSpec(rpm=600), "slow": LimitSpec(rpm=60)}, limit_by="model",
@@ -134,7 +134,7 @@ def test_named_limits_apply_per_record_field(tmp_path):
 
 
 def test_token_budget_counts_reported_usage():
-    from durabatch.limits import ApiMetrics
+    from durabatch.policies.limits import ApiMetrics
 
     metrics = ApiMetrics(price_input=1.0, price_output=2.0, max_tokens=100)
     assert metrics.try_start(10)

@@ -17,9 +17,9 @@ torch = pytest.importorskip("torch")
 
 from test_torch_state import same  # noqa: E402
 
-from durabatch import ckptwriter  # noqa: E402
-from durabatch.integrations.torch import RAW, TorchState, read_tensors, write_tensors  # noqa: E402
-from durabatch.loop import Checkpointer  # noqa: E402
+from durabatch.loops import writer_process as ckptwriter  # noqa: E402
+from durabatch.loops.checkpointer import Checkpointer  # noqa: E402
+from durabatch.loops.torch import RAW, TorchState, read_tensors, write_tensors  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not ckptwriter.AVAILABLE, reason="the writer process needs Linux (memfd)")
 TESTS = Path(__file__).resolve().parent

@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from durabatch.config.settings import merge, read_env, read_job_file
 from durabatch.errors import ConfigError
-from durabatch.settings import merge, read_env, read_job_file
 
 TESTS = Path(__file__).parent
 
@@ -130,7 +130,7 @@ def test_retry_failed_puts_failures_back(tmp_path, data):
 
 
 def test_help_documents_every_setting(tmp_path):
-    from durabatch.settings import FIELDS
+    from durabatch.config.settings import FIELDS
 
     text = cli("run", "--help", cwd=tmp_path).stdout
     for name in FIELDS:

@@ -24,7 +24,7 @@ from conftest import (
 import durabatch
 from durabatch.columns import ArrowRecords
 from durabatch.errors import ConfigError
-from durabatch.shards import build_table
+from durabatch.store.shards import build_table
 
 
 def expected(ids) -> dict:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import durabatch
-from durabatch import ledger as ledger_mod
+from durabatch.store import ledger as ledger_mod
 
 CRASHED = 77
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from durabatch.errors import ConfigError
-from durabatch.stopping import parse_duration, wall_deadline
+from durabatch.policies.stopping import parse_duration, wall_deadline
 
 
 def test_parse_duration():
@@ -26,10 +26,10 @@ def test_parse_duration():
 
 def test_earliest_deadline_wins_and_slurm_counts():
     now = 1_000_000.0
-    assert wall_deadline("1h", None, now, {}) == (now + 3600, "--deadline 1h")
-    at, origin = wall_deadline("1h", None, now, {"SLURM_JOB_END_TIME": str(int(now + 600))})
+    assert wall_deadline("1h", None, now, None) == (now + 3600, "--deadline 1h")
+    at, origin = wall_deadline("1h", None, now, str(int(now + 600)))
     assert at == now + 600 and "Slurm" in origin
-    assert wall_deadline(None, None, now, {}) is None
+    assert wall_deadline(None, None, now, None) is None
 
 
 def test_deadline_stops_in_time_exits_75_and_resumes(tmp_path):

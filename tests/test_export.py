@@ -10,7 +10,7 @@ import pytest
 import userfns
 
 import durabatch
-import durabatch.output as output
+import durabatch.store.export as output
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from durabatch.jsonl import arrow_records, jsonl_blocks, line_blocks
+from durabatch.sources.jsonl import arrow_records, jsonl_blocks, line_blocks
 
 
 def bad(where, message):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from durabatch.loop import Checkpointer, PickleState
+from durabatch.loops.checkpointer import Checkpointer, PickleState
 
 TESTS = Path(__file__).resolve().parent
 
@@ -96,7 +96,7 @@ def test_deadline_saves_and_exits_75(tmp_path):
     code = subprocess.run([sys.executable, "-c", f"""
 import sys, time
 sys.path.insert(0, {str(TESTS)!r})
-from durabatch.loop import Checkpointer, PickleState
+from durabatch.loops.checkpointer import Checkpointer, PickleState
 state = {{"n": 0}}
 ckpt = Checkpointer({str(tmp_path)!r}, PickleState(lambda: state["n"], lambda v: state.update(n=v)), deadline="3s")
 for _ in ckpt.range(10_000):

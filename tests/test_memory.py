@@ -6,9 +6,10 @@ import pyarrow.parquet as pq
 import userfns
 
 import durabatch
-from durabatch.observe import Observer
-from durabatch.observe.resources import Memory, MemoryWatch, sample
-from durabatch.settings import parse_size
+from durabatch.config.settings import parse_size
+from durabatch.core.events import Observer
+from durabatch.observe.resources import sample
+from durabatch.policies.memory import Memory, MemoryWatch
 
 
 class Messages(Observer):

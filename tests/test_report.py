@@ -17,8 +17,8 @@ import userfns
 from conftest import durabatch_cli
 
 import durabatch
-from durabatch.ledger import RunDir, run_lock
-from durabatch.loop import Checkpointer, PickleState
+from durabatch.loops.checkpointer import Checkpointer, PickleState
+from durabatch.store.rundir import RunDir, run_lock
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 import userfns
 
 import durabatch
-from durabatch.retry import RetryPolicy, full_jitter, make_retryable
-from durabatch.work import ItemError
+from durabatch.errors import ItemError
+from durabatch.policies.retry import RetryPolicy, full_jitter, make_retryable
 
 
 def err(exc: BaseException) -> ItemError:

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from durabatch.integrations.torch import RAW, TorchState, read_tensors, write_tensors  # noqa: E402
+from durabatch.loops.torch import RAW, TorchState, read_tensors, write_tensors  # noqa: E402
 
 
 def same(a, b) -> bool:

@@ -13,7 +13,8 @@ import userfns
 from conftest import durabatch_cli
 
 import durabatch
-from durabatch.ledger import Ledger, RunDir, ShardRecord, run_lock
+from durabatch.store.ledger import Ledger, ShardRecord
+from durabatch.store.rundir import RunDir, run_lock
 
 N = 500
 IDS = list(range(N))
@@ -205,7 +206,7 @@ def test_not_a_run_directory_is_a_usage_error(tmp_path):
 def test_duplicate_keys_are_named_and_a_rebuild_drops_the_copy(tmp_path):
     """A shard repeating another's keys at other positions: verify names it, repair cannot decide (exit 1), a
     ledger rebuilt from the footers keeps the first shard only."""
-    from durabatch import shards
+    from durabatch.store import shards
 
     run_dir = make_run(tmp_path)
     table = pq.read_table(shard_files(run_dir)[1]).replace_schema_metadata(None)

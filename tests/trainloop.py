@@ -9,8 +9,8 @@ import time
 
 import torch
 
-from durabatch.integrations.torch import TorchState
-from durabatch.loop import Checkpointer
+from durabatch.loops.checkpointer import Checkpointer
+from durabatch.loops.torch import TorchState
 
 
 def main(run_dir: str, out: str, steps: int, every: int, sleep: float) -> None:

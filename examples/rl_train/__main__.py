@@ -10,7 +10,7 @@ import argparse
 import logging
 
 import durabatch
-from durabatch.integrations.sb3 import learn, resume
+from durabatch.loops.sb3 import learn, resume
 
 
 def main() -> None:

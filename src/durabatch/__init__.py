@@ -1,7 +1,10 @@
 """durabatch: run a function over a large dataset as a job that survives kill -9, resumes by itself and commits
 every result exactly once."""
 
-from .api import run
+from .api import retry_failed, run
+from .config.settings import JobSettings
+from .core.events import Observer, Stats
+from .core.runner import RunSummary
 from .errors import (
     ChangedJobError,
     ConfigError,
@@ -10,20 +13,18 @@ from .errors import (
     LedgerError,
     RunLockedError,
 )
-from .integrations.torch import TorchState
-from .loop import CallableState, Checkpointer, PickleState
-from .observe import Observer, Stats
+from .loops.checkpointer import CallableState, Checkpointer, PickleState
+from .loops.torch import TorchState
 from .observe.floodguard import guard_logs
-from .output import export
-from .retry import RetryPolicy
-from .runner import RunSummary
-from .settings import JobSettings
-from .status import status
+from .observe.status import status
+from .policies.retry import RetryPolicy
+from .store.export import export
+from .store.verify import verify
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CallableState", "ChangedJobError", "Checkpointer", "ConfigError", "DurabatchError", "InputError", "JobSettings",
     "LedgerError", "Observer", "PickleState", "RetryPolicy", "RunLockedError", "RunSummary", "Stats", "TorchState",
-    "export", "guard_logs", "run", "status",
+    "export", "guard_logs", "retry_failed", "run", "status", "verify",
 ]

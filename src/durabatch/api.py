@@ -1,17 +1,33 @@
-"""The library's entry point: `run()` builds settings and a job, takes the run lock and executes the run loop."""
+"""The edge of the library: `run()` turns settings into a ready-made Job (small frozen policies, the engine, the
+observers) and executes it under the run lock. The core never sees the settings model; a new setting touches
+config/settings.py and one line of `make_job` below."""
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
+from . import environment
+from .config.job import code_hash, fingerprint
+from .config.settings import JobSettings, merge, parse_size
+from .core.events import Observer
+from .core.fanout import Combine, FanIn, Split, default_combine
+from .core.runner import Run, RunSummary
+from .core.spec import Batching, CommitPolicy, Job, Keys, Safety, Selection, StopPolicy
+from .engines import make_engine
+from .engines.user_fn import Work, is_async_target, resolve
 from .errors import ConfigError
-from .fanout import Combine, FanIn, Split, default_combine
-from .ledger import Ledger, RunDir, run_lock
-from .observe import Observer
-from .runner import Run, RunSummary
-from .settings import JobSettings, merge
-from .sources import open_source
-from .work import resolve
+from .observe.logs import RunLog
+from .observe.progress import make_progress
+from .observe.resources import sample
+from .policies.limits import ApiMetrics, Limits, LimitSpec
+from .policies.memory import MemoryWatch
+from .policies.retry import RetryPolicy, full_jitter, make_retryable
+from .policies.stopping import wall_deadline
+from .sources import Source, open_source
+from .store.ledger import ItemState, Ledger
+from .store.rundir import RunDir, run_lock
 
 
 def run(fn: Any, source: Any = None, *, key: str | None = None, run_dir: str | None = None,
@@ -38,25 +54,91 @@ def run_job(fn: Any, source: Any, settings: JobSettings, observers: list[Observe
     target = resolve(fn) if isinstance(fn, str) else fn
     if target is None:
         raise ConfigError("fn is required: package.module:callable")
-    if settings.batch_format == "columns" and settings.batch_size is None:
-        raise ConfigError("batch_format 'columns' needs batch_size: the function gets up to that many rows per call")
-    split = split or (resolve(settings.split) if settings.split else None)
-    if split and settings.batch_format == "columns":
-        raise ConfigError("batch_format 'columns' cannot be combined with split (fan-out runs record by record)")
-    combine = combine or (resolve(settings.combine) if settings.combine else None)
-    fanin = FanIn(split, combine or default_combine) if split else None
+    fanin = _fan_in(settings, split, combine)
+    deadline = wall_deadline(settings.deadline, settings.deadline_at, time.time(), environment.slurm_end_time())
     src = open_source(source if source is not None else settings.input or _missing_input())
     rd = RunDir(settings.run_dir)
     rd.create()
     with run_lock(rd):
+        job = make_job(target, src, settings, rd, observers, fanin, deadline)
         ledger = Ledger.open(rd)
         try:
-            return Run(target, src, settings, rd, ledger, observers, fanin).execute()
+            return Run(job, rd, ledger).execute()
+        finally:
+            ledger.close()
+
+
+def make_job(target: Any, source: Source, s: JobSettings, rd: RunDir, observers: list[Observer],
+             fanin: FanIn | None, deadline: tuple[float, str] | None) -> Job:
+    """Settings -> policies: the one mapping from the settings model to what the core is given."""
+    engine_name = s.engine or ("asyncio" if is_async_target(target) else "inline" if s.workers == 1 else "threads")
+    limits = _limits(s, engine_name)
+    messages = []
+    if s.item_timeout and engine_name == "threads":
+        messages.append("--item-timeout is not enforced on the threads engine (a thread cannot be stopped); use "
+                        "--engine processes")
+    fp = fingerprint(target, s, source.identity())
+    if fanin is not None:
+        fp["fan_out"] = {"split": code_hash(fanin.split_fn), "combine": code_hash(fanin.combine_fn)}
+    progress = make_progress(s.progress, s.log_every)
+    return Job(
+        target=target, source=source, fingerprint=fp, description=s.model_dump(),
+        work=Work(target, s.batch_size is not None, s.cleanup_every, columns=s.batch_format == "columns"),
+        engine=make_engine(engine_name, s.workers, s.item_timeout, parse_size(s.max_worker_memory), s.concurrency,
+                           limits),
+        keys=Keys(s.key, s.dedupe, s.skip_bad_rows),
+        selection=Selection(s.start or 0, s.end, s.limit),
+        batching=Batching(s.batch_size, s.batch_format == "columns", adaptive=not s.at_most_once),
+        commit=CommitPolicy(s.commit_every, s.commit_seconds, s.output_format),
+        stop=StopPolicy(s.grace_seconds, deadline),
+        safety=Safety(s.at_most_once, s.quarantine_after, s.allow_changed),
+        retry=RetryPolicy(s.max_attempts, full_jitter(s.backoff_base, s.backoff_max),
+                          make_retryable(s.retry_on, s.fatal_on)),
+        limits=limits,
+        memory=MemoryWatch(parse_size(s.max_memory), parse_size(s.max_gpu_memory), sampler=sample),
+        fanin=fanin,
+        observers=[o for o in (progress, RunLog(rd.logs / "run.log")) if o] + observers,
+        messages=messages,
+    )
+
+
+def _fan_in(s: JobSettings, split: Any, combine: Any) -> FanIn | None:
+    if s.batch_format == "columns" and s.batch_size is None:
+        raise ConfigError("batch_format 'columns' needs batch_size: the function gets up to that many rows per call")
+    split = split or (resolve(s.split) if s.split else None)
+    if split and s.batch_format == "columns":
+        raise ConfigError("batch_format 'columns' cannot be combined with split (fan-out runs record by record)")
+    combine = combine or (resolve(s.combine) if s.combine else None)
+    return FanIn(split, combine or default_combine) if split else None
+
+
+def _limits(s: JobSettings, engine_name: str) -> Limits | None:
+    """Shared rate limits for API engines: asyncio always, threads when a limit is stated."""
+    if not (engine_name == "asyncio" or (engine_name == "threads" and (s.rpm or s.tpm or s.limits))):
+        return None
+    specs = {name: LimitSpec(spec.get("rpm"), spec.get("tpm")) for name, spec in s.limits.items()}
+    if s.rpm or s.tpm or not specs:
+        specs["default"] = LimitSpec(s.rpm, s.tpm)
+    return Limits(specs, s.limit_by, s.tokens_per_item, ApiMetrics(s.price_input, s.price_output, s.max_tokens,
+                                                                   s.max_cost))
+
+
+def retry_failed(run_dir: str | os.PathLike, error_type: str | None = None, quarantined: bool = False,
+                 interrupted: bool = False) -> int:
+    """Put failed items back so that the next run does them again (under the run lock); returns how many.
+    quarantined / interrupted also put back those items (interrupted ones will be called again)."""
+    rd = RunDir(run_dir)
+    if not rd.ledger.exists():
+        raise ConfigError(f"{run_dir}: no ledger here (not a durabatch run directory?)")
+    states = (ItemState.FAILED,) + ((ItemState.QUARANTINED,) if quarantined else ()) + (
+        (ItemState.INTERRUPTED,) if interrupted else ())
+    with run_lock(rd):
+        ledger = Ledger.open(rd)
+        try:
+            return ledger.put_back(states, error_type)
         finally:
             ledger.close()
 
 
 def _missing_input() -> Any:
     raise ConfigError("no input: pass --input FILE (or source= in Python)")
-
-

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from . import settings as settings_mod
+from . import environment
 from .api import run_job
-from .errors import DurabatchError
-from .runner import EXIT_USAGE
-from .settings import JobSettings
+from .config import settings as settings_mod
+from .config.settings import JobSettings
+from .errors import DurabatchError, ExitCode
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
@@ -32,7 +31,7 @@ SHORT = {"input": "-i"}
 
 def _fail(message: str) -> None:
     typer.echo(f"durabatch: error: {message}", err=True)
-    raise typer.Exit(EXIT_USAGE)
+    raise typer.Exit(ExitCode.USAGE)
 
 
 def _settings_params() -> list[inspect.Parameter]:
@@ -74,13 +73,13 @@ def run_command(job_file: Optional[Path] = None, **flags: Any) -> None:  # noqa:
             layers.append((str(job_file), settings_mod.read_job_file(job_file)))
         except DurabatchError as exc:
             _fail(str(exc))
-    layers.append(("environment", settings_mod.read_env(os.environ)))
+    layers.append(("environment", settings_mod.read_env(environment.variables())))
     layers.append(("command line", {k: v for k, v in flags.items() if v is not None and v != []}))
     try:
         config = settings_mod.merge(*layers)
         if not config.fn:
             _fail("no function: pass --fn package.module:callable (or fn: in the job file)")
-        if (config.supervise or config.restarts is not None) and not os.environ.get("DURABATCH_SUPERVISED"):
+        if (config.supervise or config.restarts is not None) and not environment.supervised():
             from .supervise import supervise
 
             if config.run_dir is None:
@@ -108,7 +107,7 @@ def status_command(
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """Show a job's progress, from another terminal while it runs or after. Reads the ledger read-only."""
-    from .status import as_json, render, status
+    from .observe.status import as_json, render, status
 
     try:
         info = status(run_dir)
@@ -127,7 +126,7 @@ def report_command(
 ) -> None:
     """Write one self-contained HTML report with charts: items done and items/s, failures by type and runs for a
     job; each recorded metric by step and steps/s for a loop. Reads the ledger read-only, safe while it runs."""
-    from .report import as_json, render_text, write
+    from .observe.report import as_json, render_text, write
 
     try:
         path, data = write(run_dir, to)
@@ -143,7 +142,7 @@ def export_command(
     failed: bool = typer.Option(False, "--failed", help="Write the failed items (key, error, attempts) instead."),
 ) -> None:
     """Merge the committed results into one file, in source order, with the key column."""
-    from .output import export
+    from .store.export import export
 
     if to.suffix not in (".parquet", ".jsonl", ".ndjson", ".json"):
         _fail(f"{to}: export writes .parquet or .jsonl")
@@ -163,20 +162,10 @@ def retry_failed_command(
                                      "at-most-once mode (they will be called again)."),
 ) -> None:
     """Put failed items back so that the next `run` does them again. Earlier attempts stay in the history."""
-    from .ledger import ItemState, Ledger, RunDir, run_lock
+    from .api import retry_failed
 
-    rd = RunDir(run_dir)
-    if not rd.ledger.exists():
-        _fail(f"{run_dir}: no ledger here (not a durabatch run directory?)")
-    states = (ItemState.FAILED,) + ((ItemState.QUARANTINED,) if quarantined else ()) + (
-        (ItemState.INTERRUPTED,) if interrupted else ())
     try:
-        with run_lock(rd):
-            ledger = Ledger.open(rd)
-            try:
-                count = ledger.put_back(states, error_type)
-            finally:
-                ledger.close()
+        count = retry_failed(run_dir, error_type, quarantined, interrupted)
     except DurabatchError as exc:
         _fail(str(exc))
     typer.echo(f"{count:,} item(s) put back; run the job again to retry them", err=True)
@@ -195,8 +184,8 @@ def verify_command(
     """Check every shard against the ledger: present, intact, row counts, positions, keys unique; name orphans
     and an unreadable ledger. Exit 0 healthy (or repaired), 1 problems found, 2 usage error (or --repair while
     a job runs)."""
-    from .verify import repair as do_repair
-    from .verify import verify
+    from .store.verify import repair as do_repair
+    from .store.verify import verify
 
     try:
         report = do_repair(run_dir) if repair else verify(run_dir)

@@ -6,7 +6,6 @@ Exit codes pass through (0, 1, 2, 75); giving up on a crash loop or after --rest
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,9 +13,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import poison
-from .ledger import Ledger, RunDir
-from .stopping import STOP_SIGNALS
+from . import environment
+from .core import quarantine
+from .policies.stopping import STOP_SIGNALS
+from .store.ledger import Ledger
+from .store.rundir import RunDir
 
 EXIT_GAVE_UP = 70
 NORMAL_EXITS = (0, 1, 2, 75)
@@ -40,9 +41,7 @@ def progress_mark(rd: RunDir) -> tuple | None:
     except Exception:  # noqa: BLE001 - a ledger killed while being created: no progress yet
         return None
     try:
-        c = ledger.conn
-        return (ledger.count_done(), c.execute("SELECT count(*), group_concat(state) FROM failures").fetchone(),
-                c.execute("SELECT count(*), coalesce(sum(guilt), 0) FROM suspects").fetchone())
+        return ledger.progress_mark()
     finally:
         ledger.close()
 
@@ -64,7 +63,7 @@ def supervise(run_args: Sequence[str], run_dir: str, max_restarts: int | None = 
     """Run `durabatch run *run_args` until it ends normally; restart it after abnormal deaths."""
     rd = RunDir(run_dir)
     log = _Log(rd.logs / "supervise.log")
-    env = {**os.environ, "DURABATCH_SUPERVISED": "1"}
+    env = {**environment.variables(), environment.SUPERVISED: "1"}
     command = [sys.executable, "-m", "durabatch", "run", *run_args]
     forwarded: list[int] = []
     child: subprocess.Popen | None = None
@@ -85,7 +84,7 @@ def supervise(run_args: Sequence[str], run_dir: str, max_restarts: int | None = 
             log(f"attempt {restarts + 1}: pid {child.pid} {describe_exit(code)}")
             if code in NORMAL_EXITS or forwarded:
                 return code if code in NORMAL_EXITS else 75
-            poison.record_death(rd, describe_exit(code))
+            quarantine.record_death(rd, describe_exit(code))
             progressed = progress_mark(rd) != before
             stalls = 0 if progressed else stalls + 1
             if stalls >= stall_limit:

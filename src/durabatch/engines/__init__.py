@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..limits import Limits
+from ..policies.limits import Limits
 from .base import Batch, BatchResult, Engine
 
 

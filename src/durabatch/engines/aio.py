@@ -13,10 +13,10 @@ import time
 import warnings
 from typing import Any
 
-from ..errors import ConfigError
-from ..limits import Limits, is_rate_limited
-from ..work import ItemError, ItemTimeout, Work
+from ..errors import ConfigError, ErrorKind, ItemError
+from ..policies.limits import Limits, is_rate_limited
 from .base import NOT_STARTED, Batch, BatchResult, drain
+from .user_fn import Work
 
 _PAUSED, _RETRY = object(), object()
 
@@ -53,6 +53,7 @@ class _Gate:
 
 
 class AsyncEngine:
+    pins_deaths = False
     def __init__(self, concurrency: int, item_timeout: float | None = None, limits: Limits | None = None):
         self.concurrency = concurrency
         self.slots = concurrency * 4  # batches queued ahead so that a finishing call never waits for dispatch
@@ -128,8 +129,8 @@ class AsyncEngine:
             return await (asyncio.wait_for(coroutine, self.item_timeout) if self.item_timeout else coroutine)
         except TimeoutError:
             self.limits.metrics.finished(None)
-            return ItemError("ItemTimeout", f"no result after {self.item_timeout:g}s (--item-timeout); "
-                             "the call was cancelled", "", ("ItemTimeout", "TimeoutError"))
+            return ItemError(ErrorKind.ITEM_TIMEOUT, f"no result after {self.item_timeout:g}s (--item-timeout); "
+                             "the call was cancelled", "", (ErrorKind.ITEM_TIMEOUT, "TimeoutError"))
         except Exception as exc:  # noqa: BLE001 - becomes the item's error
             error = ItemError.from_exception(exc)
             self.limits.metrics.finished(None)
@@ -177,4 +178,4 @@ class AsyncEngine:
         self._thread.join(timeout=5)
 
 
-__all__ = ["AsyncEngine", "ItemTimeout"]
+__all__ = ["AsyncEngine", ErrorKind.ITEM_TIMEOUT]

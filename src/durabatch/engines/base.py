@@ -1,4 +1,5 @@
-"""The engine contract. An asyncio or Ray engine implements the same five methods; the runner does not change."""
+"""The engine contract: what the core calls, and the batches that cross it. Every engine (inline, threads,
+processes, asyncio, Ray) implements the same protocol; the runner does not change."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..work import ItemError, Work
+from ..errors import ErrorKind, ItemError
+from .user_fn import Work
 
 
 @dataclass(slots=True)
@@ -43,12 +45,18 @@ def drain(done: queue.Queue, timeout: float) -> list[BatchResult]:
     return results
 
 
-NOT_STARTED = ItemError("NotStarted", "not started: the run was stopping", "")  # not a failure: redone next run
+# Not a failure: the next run does the item.
+NOT_STARTED = ItemError(ErrorKind.NOT_STARTED, "not started: the run was stopping", "")
 
 
 class Engine(Protocol):
+    """All the core calls. Engines execute; they never touch the ledger (only the core commits)."""
+
     slots: int
     """How many batches may be in flight at once; the runner never submits more."""
+    pins_deaths: bool
+    """True when a worker's death is reported on exactly the batch it ran (separate processes): then a suspect
+    may run alone while other batches are in flight. Otherwise a suspect runs with nothing else in flight."""
 
     def start(self, work: Work) -> None:
         """Prepare workers (each runs work.prepare() once). May raise ConfigError for unusable work."""
@@ -62,6 +70,10 @@ class Engine(Protocol):
 
     def in_flight(self) -> int:
         """Submitted batches not yet returned by poll()."""
+
+    def stop_starting(self) -> None:
+        """A stop was asked for: calls not yet started should not start (they come back as NotStarted, and the
+        next run does them). Engines that cannot tell started from queued calls do nothing."""
 
     def close(self, cancel: bool = False) -> None:
         """Release workers. cancel=True abandons in-flight batches (a second Ctrl-C) instead of waiting."""

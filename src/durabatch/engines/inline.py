@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
-from ..work import Work
 from .base import Batch, BatchResult
+from .user_fn import Work
 
 
 class InlineEngine:
+    pins_deaths = False
     slots = 1
 
     def __init__(self, item_timeout: float | None = None) -> None:
@@ -30,6 +31,9 @@ class InlineEngine:
 
     def in_flight(self) -> int:
         return len(self._done)
+
+    def stop_starting(self) -> None:
+        pass  # a batch handed over is running or about to: nothing to hold back
 
     def close(self, cancel: bool = False) -> None:
         self._done = []

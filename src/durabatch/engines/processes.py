@@ -13,9 +13,9 @@ import signal
 import time
 from multiprocessing.connection import Connection, wait
 
-from ..errors import ConfigError
-from ..work import ItemError, Work
+from ..errors import ConfigError, ErrorKind, ItemError
 from .base import Batch, BatchResult
+from .user_fn import Work
 
 
 def _worker_main(conn: Connection, work_bytes: bytes, item_timeout: float | None) -> None:
@@ -68,6 +68,8 @@ class _Worker:
 class ProcessEngine:
     """item_timeout: seconds per record of a batch before its worker is killed (ItemTimeout).
     memory_limit: bytes of resident memory a worker may use before it is killed (WorkerDied, reason memory)."""
+
+    pins_deaths = True  # each worker is a process with its own pipe: a death names its batch
 
     def __init__(self, workers: int, item_timeout: float | None = None, memory_limit: int | None = None):
         self.slots = workers
@@ -139,24 +141,24 @@ class ProcessEngine:
             # The worker interrupts slow Python code itself; killing it is for code stuck where signals can't reach.
             limit = self.item_timeout * len(batch.records) + 5.0 if self.item_timeout else None
             if limit is not None and now - worker.started > limit:
-                worker.kill(ItemError("ItemTimeout", f"no result after {now - worker.started:.1f}s "
+                worker.kill(ItemError(ErrorKind.ITEM_TIMEOUT, f"no result after {now - worker.started:.1f}s "
                                       f"(--item-timeout {self.item_timeout:g}s per item); the worker was killed",
-                                      "", ("ItemTimeout", "TimeoutError")))
+                                      "", (ErrorKind.ITEM_TIMEOUT, "TimeoutError")))
         if self.memory_limit and now - self._checked >= 0.05:
             self._checked = now
             for worker in busy:
                 rss = _rss(worker.process.pid)
                 if worker.killed_for is None and rss is not None and rss > self.memory_limit:
-                    worker.kill(ItemError("WorkerDied", f"out of memory: the worker used {rss / 2**20:,.0f} MB, "
-                                          f"above the {self.memory_limit / 2**20:,.0f} MB limit "
-                                          "(--max-worker-memory); killed", ""))
+                    worker.kill(ItemError(ErrorKind.WORKER_DIED, f"out of memory: the worker used "
+                                          f"{rss / 2**20:,.0f} MB, above the {self.memory_limit / 2**20:,.0f} MB "
+                                          "limit (--max-worker-memory); killed", ""))
 
     def _replace_dead(self, worker: _Worker, batch: Batch) -> BatchResult:
         worker.process.join(timeout=1)
         code = worker.process.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
         error = worker.killed_for or ItemError(
-            "WorkerDied", f"the worker process {how} while running this item's batch", "")
+            ErrorKind.WORKER_DIED, f"the worker process {how} while running this item's batch", "")
         index = self._pool.index(worker)
         worker.conn.close()
         self._pool[index] = fresh = _Worker(self._ctx, self._work_bytes, self.item_timeout)
@@ -165,6 +167,9 @@ class ProcessEngine:
 
     def in_flight(self) -> int:
         return sum(w.batch is not None for w in self._pool)
+
+    def stop_starting(self) -> None:
+        pass  # a batch handed over is running or about to: nothing to hold back
 
     def close(self, cancel: bool = False) -> None:
         for worker in self._pool:

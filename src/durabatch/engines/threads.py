@@ -9,12 +9,14 @@ import queue
 import threading
 import time
 
-from ..limits import Limits, is_rate_limited
-from ..work import ItemError, Work
+from ..errors import ItemError
+from ..policies.limits import Limits, is_rate_limited
 from .base import NOT_STARTED, Batch, BatchResult, drain
+from .user_fn import Work
 
 
 class ThreadEngine:
+    pins_deaths = False
     def __init__(self, workers: int, limits: Limits | None = None):
         self.limits = limits
         self.slots = workers * 2  # one queued behind each running batch keeps every thread busy
@@ -99,6 +101,9 @@ class ThreadEngine:
 
     def in_flight(self) -> int:
         return self._in_flight
+
+    def stop_starting(self) -> None:
+        pass  # a batch handed over is running or about to: nothing to hold back
 
     def close(self, cancel: bool = False) -> None:
         for _ in self._threads:

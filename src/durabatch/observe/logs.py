@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import Observer, Stats
+from ..core.events import Observer, Stats
 
 
 class RunLog(Observer):

@@ -7,7 +7,8 @@ import sys
 import time
 from typing import TextIO
 
-from . import Observer, Stats, format_duration
+from ..core.events import Observer, Stats
+from . import format_duration
 
 
 def _line(stats: Stats) -> str:

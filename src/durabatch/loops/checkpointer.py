@@ -25,9 +25,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import ckptwriter
-from .ckptwriter import complete_checkpoints, prune, publish
-from .stopping import StopFlag, wall_deadline
+from .. import environment
+from ..policies.stopping import StopFlag, wall_deadline
+from . import writer_process as ckptwriter
+from .writer_process import complete_checkpoints, prune, publish
 
 EXIT_STOPPED = 75
 
@@ -93,7 +94,7 @@ class Checkpointer:
         self.fsync = fsync
         self.clock = clock
         self.started = clock()
-        self.deadline = wall_deadline(deadline, deadline_at, self.started)
+        self.deadline = wall_deadline(deadline, deadline_at, self.started, environment.slurm_end_time())
         self.stop = StopFlag()
         self.stopped: str | None = None
         self.step = 0

@@ -18,9 +18,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import intervals, shards
-from .errors import DiskFullError, DurabatchError
-from .ledger import Failure, Ledger, RunDir
+from .. import intervals
+from ..errors import DiskFullError, DurabatchError
+from ..store import shards
+from ..store.ledger import Failure, Ledger
+from ..store.rundir import RunDir
 
 
 @dataclass

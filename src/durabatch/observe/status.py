@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .ledger import ItemState, Ledger, RunDir, lock_holder
-from .observe import format_duration
+from ..store.ledger import ItemState, Ledger
+from ..store.rundir import RunDir, lock_holder
+from . import format_duration
 
 
 def loop_status(run_dir: str | os.PathLike) -> dict[str, Any] | None:

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import LedgerError
-from .ledger import ItemState, Ledger, RunDir, lock_holder
-from .observe import format_duration
+from ..errors import LedgerError
+from ..store.ledger import ItemState, Ledger
+from ..store.rundir import RunDir, lock_holder
+from . import format_duration
 from .status import read_metrics
 
 RATE_BUCKETS = 40  # items/s over about this many equal intervals: per-commit rates are too noisy to read
@@ -49,12 +50,12 @@ def collect(run_dir: str | os.PathLike) -> dict[str, Any]:
 def _collect_map(rd: RunDir) -> dict[str, Any]:
     ledger = Ledger.open_readonly(rd)
     try:
-        ledger.conn.execute("BEGIN")  # one snapshot for every query below while a runner keeps committing
-        shards = sorted(ledger.shards(), key=lambda s: s["committed_at"])
-        runs = ledger.runs()
-        counts = {STATES[s.value]: ledger.count_failures(s) for s in ItemState}
-        by_type = _failures_by_type(ledger)
-        total, api = ledger.get_meta("total"), ledger.get_meta("api")
+        with ledger.snapshot():  # one state for every query below while a runner keeps committing
+            shards = sorted(ledger.shards(), key=lambda s: s["committed_at"])
+            runs = ledger.runs()
+            counts = {STATES[s.value]: ledger.count_failures(s) for s in ItemState}
+            by_type = _failures_by_type(ledger)
+            total, api = ledger.get_meta("total"), ledger.get_meta("api")
     finally:
         ledger.close()
     pid = lock_holder(rd)

@@ -9,31 +9,20 @@ import glob
 import hashlib
 import json
 import os
-from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from .columns import ArrowRecords
-from .errors import ConfigError, InputError
-from .intervals import select
-from .jsonl import Block, jsonl_blocks
+from ..columns import ArrowRecords
+from ..errors import ConfigError, InputError
+from ..intervals import select
+from .base import BadRow, Block, Source, Wanted
+from .jsonl import jsonl_blocks
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
            ".parquet": "parquet", ".pq": "parquet"}
-
-
-@dataclass(frozen=True, slots=True)
-class BadRow:
-    """A row that could not be read; `where` names the file and line."""
-
-    where: str
-    message: str
-
-
-Wanted = Callable[[int], bool]
 
 
 class FileSource:
@@ -186,7 +175,6 @@ class DatasetSource:
                 pos += 1
 
 
-Source = FileSource | IterableSource | DatasetSource
 BLOCK_ROWS = 4096
 
 

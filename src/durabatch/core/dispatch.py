@@ -11,27 +11,29 @@ from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
 
-from .columns import ArrowRecords, join
-from .engines import Batch
-from .errors import InputError
+from ..columns import ArrowRecords, join
+from ..engines import Batch
+from ..errors import InputError
+from ..sources import BadRow, Block, Source
+from ..sources.keys import missing_key
 from .fanout import FanIn
-from .plan import Plan, missing_key
-from .settings import JobSettings
-from .sources import BadRow, Block, Source
+from .plan import Plan
+from .spec import Batching, Keys
 
 BadRowHook = Callable[[int, str, str], None]  # (position, where, message): raise, or record a failure
 
 
 class Dispatch:
-    def __init__(self, source: Source, plan: Plan, settings: JobSettings, suspects: set[int],
-                 on_bad_row: BadRowHook, fanin: FanIn | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, source: Source, plan: Plan, keys: Keys, batching: Batching, max_chunk: int,
+                 suspects: set[int], on_bad_row: BadRowHook, fanin: FanIn | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.fanin = fanin
-        self.source, self.plan, self.settings = source, plan, settings
+        self.source, self.plan, self.keys, self.batching = source, plan, keys, batching
+        self.max_chunk = max_chunk  # never more than one commit's worth in a batch
         self.suspects = suspects
         self.on_bad_row = on_bad_row
         self.clock = clock
-        self.key_column = settings.key or "_key"
-        self.chunk = 1 if settings.batch_size is None else settings.batch_size
+        self.chunk = 1 if batching.size is None else batching.size
         # Items to run again: (ready_at, attempt, solo, pos, key, record).
         self._retries: list[tuple[float, int, bool, int, Any, dict]] = []
         self._held: tuple[int, Any, dict] | None = None  # a suspect waiting for the engine to be idle
@@ -120,17 +122,17 @@ class Dispatch:
     def observe(self, seconds: float, items: int) -> None:
         """Per-record functions go out in chunks of about 20 ms of work: cheap functions amortise dispatch, slow
         ones keep every worker busy to the end. Never more than one commit's worth."""
-        if self.settings.batch_size is None and items and not self.settings.at_most_once:  # there: one call each
+        if self.batching.size is None and items and self.batching.adaptive:
             per_item = seconds / items
             target = int(0.02 / per_item) if per_item > 0 else 1000
-            self.chunk = max(1, min(1000, self.settings.commit_every, target))
+            self.chunk = max(1, min(1000, self.max_chunk, target))
 
     def _stream(self) -> Iterator[Block]:
         """Blocks of keyed records to do, in source order. Bad rows go to the hook, which raises or records them."""
-        key = self.settings.key
+        key = self.keys.column
         simple = key is not None and not self.plan.check_keys_in_stream and self.plan.skip_keys is None \
             and self.fanin is None
-        columnar = self.settings.batch_format == "columns"
+        columnar = self.batching.columns
         for positions, lines, records in self.source.blocks(self.plan.wanted, self.plan.hi, columnar=columnar):
             if simple:  # the common case: keys checked before the run, every row a record with its key
                 try:
@@ -145,7 +147,7 @@ class Dispatch:
             yield from self._one_by_one(positions, lines, records)
 
     def _one_by_one(self, positions: list[int], lines: list, records: list) -> Iterator[Block]:
-        plan, key, src, dedupe = self.plan, self.settings.key, self.source, self.settings.dedupe
+        plan, key, src, dedupe = self.plan, self.keys.column, self.source, self.keys.dedupe
         seen = self._seen
         out: Block = ([], [], [])
         try:
@@ -167,7 +169,7 @@ class Dispatch:
                     if value in seen:
                         if dedupe:
                             continue
-                        raise InputError(f"duplicate key {self.key_column}={value!r}: {seen[value]} and "
+                        raise InputError(f"duplicate key {self.keys.output_column}={value!r}: {seen[value]} and "
                                          f"{src.where(line)}. Pass --dedupe to keep the first occurrence.")
                     seen[value] = src.where(line)
                 for segment in self.fanin.split(pos, value, record) if self.fanin is not None else (record,):

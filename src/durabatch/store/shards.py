@@ -19,8 +19,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .columns import ArrowRecords, to_array
-from .ledger import Ledger, RunDir, ShardRecord
+from ..columns import ArrowRecords, to_array
+from .ledger import Ledger, ShardRecord
+from .rundir import RunDir, fsync_path
 
 TMP_PREFIX = ".tmp-"
 SUFFIX = {"parquet": ".parquet", "jsonl": ".jsonl"}
@@ -101,17 +102,9 @@ def write_atomic(directory: Path, data: bytes, rows: int, spans: list[tuple[int,
         raise
     os.close(fd)
     os.replace(tmp, directory / name)
-    fsync_dir(directory)
+    fsync_path(directory)
     checksum = hashlib.blake2b(data, digest_size=16).hexdigest()
     return ShardRecord(name, rows, len(data), checksum, spans)
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def remove_orphans(run_dir: RunDir, listed: set[str]) -> list[str]:

@@ -10,86 +10,15 @@ import inspect
 import signal
 import sys
 import threading
-import traceback
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
 import pyarrow as pa
 
-from .columns import ArrowRecords, from_columns, join, to_columns
-from .errors import ConfigError
-
-
-@dataclass(frozen=True, slots=True)
-class ItemError:
-    """Why one item failed: what the ledger records and `export --failed` shows."""
-
-    error_type: str
-    message: str
-    traceback: str
-    kinds: tuple[str, ...] = ()  # names of the exception's classes (MRO), for retry rules
-    status: int | None = None  # an HTTP status the exception carries, if any
-    retry_after: float | None = None  # seconds the server asked us to wait, if it said
-
-    @classmethod
-    def from_exception(cls, exc: BaseException) -> ItemError:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        kinds = tuple(k.__name__ for k in type(exc).__mro__ if k not in (object, BaseException))
-        return cls(type(exc).__qualname__, str(exc)[:2000], tb[-8000:], kinds, _status(exc), _retry_after(exc))
-
-
-def _status(exc: BaseException) -> int | None:
-    """The HTTP status of openai / httpx / requests / aiohttp errors, found by attribute, without importing them."""
-    for holder in (exc, getattr(exc, "response", None)):
-        for name in ("status_code", "status"):
-            value = getattr(holder, name, None)
-            if isinstance(value, int):
-                return value
-    return None
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    """Seconds the server asked to wait: Retry-After (seconds), retry-after-ms, or x-ratelimit-reset-* ("1s",
-    "6m0s", "20ms"), found on the exception or its response, whatever the HTTP library."""
-    for holder in (exc, getattr(exc, "response", None)):
-        value = getattr(holder, "retry_after", None)
-        if isinstance(value, int | float):
-            return float(value)
-        headers = getattr(holder, "headers", None)
-        if headers is None:
-            continue
-        try:
-            if headers.get("retry-after-ms"):
-                return float(headers.get("retry-after-ms")) / 1000
-            if headers.get("retry-after"):
-                return float(headers.get("retry-after"))
-            resets = [_duration(headers.get(h)) for h in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")]
-            resets = [r for r in resets if r is not None]
-            if resets:
-                return max(resets)
-        except (TypeError, ValueError, AttributeError):
-            return None
-    return None
-
-
-def _duration(text: str | None) -> float | None:
-    """'1s', '6m0s', '20ms', '1h2m3.5s' -> seconds."""
-    if not text:
-        return None
-    import re
-
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
-    if not parts:
-        return None
-    scale = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
-    return sum(float(n) * scale[u] for n, u in parts)
-
-
-class ItemTimeout(TimeoutError):
-    """An item took longer than --item-timeout."""
+from ..columns import ArrowRecords, from_columns, join, to_columns
+from ..errors import ConfigError, ErrorKind, ItemError, ItemTimeout
 
 
 @contextlib.contextmanager
@@ -256,7 +185,7 @@ class Work:
                 try:
                     pieces.append((lo, from_columns(result, hi - lo)))
                 except (TypeError, ValueError, pa.ArrowException) as exc:
-                    error = ItemError("BatchLengthError", str(exc), "")  # the function's shape, not an item's
+                    error = ItemError(ErrorKind.BATCH_LENGTH, str(exc), "")  # the function's shape, not an item's
                     errors.update(dict.fromkeys(range(lo, hi), error))
                 return
             result = self._call(records[lo:hi])
@@ -277,7 +206,7 @@ class Work:
             return
         if not isinstance(result, list | tuple) or len(result) != hi - lo:
             got = f"{len(result)} results" if hasattr(result, "__len__") else type(result).__name__
-            error = ItemError("BatchLengthError", f"batch function returned {got} for {hi - lo} records", "")
+            error = ItemError(ErrorKind.BATCH_LENGTH, f"batch function returned {got} for {hi - lo} records", "")
             for i in range(lo, hi):
                 errors[i] = error
             return

@@ -13,8 +13,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import DurabatchError
-from .ledger import Ledger, RunDir
+from ..errors import DurabatchError
+from .ledger import Ledger
+from .rundir import RunDir
 from .shards import read_shard
 
 WINDOW_BYTES = 256 * 2**20  # decoded result bytes held at once, roughly
@@ -117,10 +118,7 @@ def _window(rd: RunDir, shards: list[dict]) -> int:
 
 def _failures_table(ledger: Ledger) -> pa.Table:
     rows = ledger.failures()
-    history: dict[int, list[dict]] = {}
-    for pos, error_type, message, at in ledger.conn.execute(
-            "SELECT pos, error_type, message, at FROM attempts ORDER BY id"):
-        history.setdefault(pos, []).append({"error_type": error_type, "message": message, "at": at})
+    history = ledger.attempt_history()
     for row in rows:
         row["history"] = json.dumps(history.get(row["pos"], []))
     if not rows:

@@ -19,10 +19,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import ConfigError, LedgerError
+from ..sources.keys import all_distinct
 from . import shards
-from .errors import ConfigError, LedgerError
-from .ledger import Ledger, RunDir, ShardRecord, lock_holder, run_lock
-from .plan import all_distinct
+from .ledger import Ledger, ShardRecord, salvage
+from .rundir import RunDir, lock_holder, run_lock
 
 UNLIST = ("missing", "corrupt", "rows", "spans", "overlap")  # repair unlists these shards: their items are redone
 
@@ -117,7 +118,7 @@ def _check(rd: RunDir, report: Report, own_lock: bool) -> None:
     try:
         ledger = Ledger.open_readonly(rd)
         try:
-            status = ledger.conn.execute("PRAGMA integrity_check").fetchone()[0]
+            status = ledger.integrity()
             if status != "ok":
                 raise LedgerError(f"the ledger is unreadable (integrity check: {status})")
             listed = ledger.shards()
@@ -246,8 +247,7 @@ def _unlist_and_clean(rd: RunDir, report: Report) -> None:
 def _rebuild_ledger(rd: RunDir, report: Report) -> None:
     """A new ledger from the Parquet shards' footers. Failure records have no other copy: they are lost, and
     failed or quarantined items will be tried again by the next run."""
-    meta = {k: v for k, v in _salvage(rd.ledger, "SELECT k, v FROM meta") if k != "schema_version"}
-    sums = dict(_salvage(rd.ledger, "SELECT name, checksum FROM shards"))
+    meta, sums = salvage(rd.ledger)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for suffix in ("", "-wal", "-shm"):
         old = rd.ledger.with_name(rd.ledger.name + suffix)
@@ -322,20 +322,6 @@ def _drop_copies(found: list[tuple[Path, list[tuple[int, int]], pa.Array]], rd: 
         seen.update(keys)
         kept.append(entry)
     return kept
-
-
-def _salvage(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    """What a damaged ledger still gives for one query (its first pages often survive), else nothing."""
-    if not path.exists():
-        return []
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            return conn.execute(sql).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return []
 
 
 def _move_aside(path: Path, rd: RunDir) -> bool:

@@ -4,16 +4,15 @@ what is finished and exit at once)."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime
 from types import FrameType
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # SIGUSR1 is Slurm's warning signal (--signal=USR1@120): the same graceful path as SIGTERM.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
@@ -82,14 +81,14 @@ def parse_time(text: str) -> float:
 
 
 def wall_deadline(deadline: str | None, deadline_at: str | None, started: float,
-                  environ: Mapping[str, str] = os.environ) -> tuple[float, str] | None:
-    """The earliest of --deadline (from start), --deadline-at and Slurm's job end time, as (epoch, origin)."""
+                  slurm_end: str | None = None) -> tuple[float, str] | None:
+    """The earliest of --deadline (from start), --deadline-at and Slurm's job end time (SLURM_JOB_END_TIME, read
+    by the caller), as (epoch, origin)."""
     candidates = []
     if deadline:
         candidates.append((started + parse_duration(deadline), f"--deadline {deadline}"))
     if deadline_at:
         candidates.append((parse_time(deadline_at), f"--deadline-at {deadline_at}"))
-    slurm_end = environ.get("SLURM_JOB_END_TIME")
     if slurm_end and slurm_end.isdigit():
         candidates.append((float(slurm_end), "the Slurm job's end time"))
     return min(candidates) if candidates else None

@@ -15,14 +15,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pjson
 
-from .columns import ArrowRecords
-from .intervals import select
+from ..columns import ArrowRecords
+from ..intervals import select
+from .base import Block
 
 BLOCK = 1 << 18  # bytes parsed at a time: ~10k short records, ~3 MB of Python objects at most
 GIVE_UP = 3  # blocks Arrow could not read faithfully before the rest of the file goes the Python way
 
 
-Block = tuple[list[int], list[int], list[Any]]  # positions, line numbers, records (or bad rows)
 
 
 def jsonl_blocks(path: str, pos: int, wanted: Callable[[int], bool], end: int | None, bad: Callable[[str, str], Any],

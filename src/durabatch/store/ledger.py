@@ -1,6 +1,6 @@
 """The ledger: a SQLite database (WAL) in the run directory, the only judge of what is done.
 
-Only this module knows the schema and the run directory's layout. One writer connection does every write and
+Only this module writes SQL (rundir.py knows the directory's layout). One writer connection does every write and
 checkpoint (SQLite before 3.51.3 can corrupt a WAL with two concurrent writers); `status` opens it read-only.
 A shard row holds the positions it covers as a small blob of intervals, so a commit costs one row per shard,
 not one per item."""
@@ -8,7 +8,6 @@ not one per item."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import sqlite3
@@ -19,8 +18,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from . import intervals
-from .errors import LedgerError, RunLockedError
+from .. import intervals
+from ..errors import LedgerError
+from .rundir import RunDir, fsync_path
 
 SCHEMA = """
 CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -69,61 +69,6 @@ class Failure:
     state: ItemState = ItemState.FAILED
 
 
-class RunDir:
-    """Paths inside a run directory."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.ledger = self.path / "ledger.sqlite"
-        self.shards = self.path / "shards"
-        self.logs = self.path / "logs"
-        self.job = self.path / "job.json"
-        self.lock = self.path / "lock"
-        self.inflight = self.path / "inflight.journal"  # batches dispatched and not finished: poison suspects
-        self.last_death = self.logs / "last_death.json"  # written by the supervisor: how the last runner died
-
-    def create(self) -> None:
-        for d in (self.path, self.shards, self.logs):
-            d.mkdir(parents=True, exist_ok=True)
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: RunDir) -> Iterator[None]:
-    """Hold an exclusive flock on run_dir/lock for the run; the kernel releases it even on SIGKILL."""
-    fd = os.open(run_dir.lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = lock_holder(run_dir)
-            raise RunLockedError(
-                f"run directory {run_dir.path} is in use by another durabatch process (pid {pid}); "
-                "wait for it to finish or stop it first", pid) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        os.close(fd)  # closing releases the flock
-
-
-def lock_holder(run_dir: RunDir) -> int | None:
-    """The pid of the process running this directory, or None when nobody is."""
-    try:
-        fd = os.open(run_dir.lock, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 64).decode().strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
 class Ledger:
     def __init__(self, conn: sqlite3.Connection, path: Path):
         self.conn = conn
@@ -142,9 +87,9 @@ class Ledger:
             init.executescript(SCHEMA)
             init.commit()
             init.close()
-            _fsync_path(tmp)
+            fsync_path(tmp)
             os.replace(tmp, path)
-            _fsync_path(path.parent)
+            fsync_path(path.parent)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
@@ -318,6 +263,33 @@ class Ledger:
             "SELECT count(*), coalesce(sum(bytes), 0), max(committed_at) FROM shards").fetchone()
         return int(n), int(size), latest
 
+    def attempt_history(self) -> dict[int, list[dict]]:
+        """pos -> every recorded failed attempt (error type, message, time), oldest first."""
+        history: dict[int, list[dict]] = {}
+        for pos, error_type, message, at in self.conn.execute(
+                "SELECT pos, error_type, message, at FROM attempts ORDER BY id"):
+            history.setdefault(pos, []).append({"error_type": error_type, "message": message, "at": at})
+        return history
+
+    def progress_mark(self) -> tuple:
+        """Changes whenever a run gets anywhere: items done or failed, suspects found, guilt pinned."""
+        c = self.conn
+        return (self.count_done(), c.execute("SELECT count(*), group_concat(state) FROM failures").fetchone(),
+                c.execute("SELECT count(*), coalesce(sum(guilt), 0) FROM suspects").fetchone())
+
+    def integrity(self) -> str:
+        """SQLite's integrity check: 'ok', or what is wrong."""
+        return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one state of the ledger, while a runner keeps committing (read-only connections)."""
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("ROLLBACK")
+
     def recent_commits(self, seconds: float) -> list[tuple[float, int]]:
         since = time.time() - seconds
         return list(self.conn.execute(
@@ -338,9 +310,20 @@ def _text(key: Any) -> str | None:
     return None if key is None else str(key)
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def salvage(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """What a damaged ledger still gives (its first pages often survive): (meta k -> v as stored, shard name ->
+    checksum); empty where nothing can be read."""
+    def query(sql: str) -> list[tuple[Any, ...]]:
+        if not path.exists():
+            return []
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                return conn.execute(sql).fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return []
+
+    meta = {k: v for k, v in query("SELECT k, v FROM meta") if k != "schema_version"}
+    return meta, dict(query("SELECT name, checksum FROM shards"))

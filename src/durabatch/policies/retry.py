@@ -9,12 +9,12 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .work import ItemError
+from ..errors import ErrorKind, ItemError
 
 # Worth another attempt: timeouts, dropped connections, rate limits, overloaded servers. Names cover the stdlib,
 # openai, httpx, requests and aiohttp, matched against the exception's class hierarchy without importing them.
 TRANSIENT = frozenset({
-    "TimeoutError", "ConnectionError", "ItemTimeout", "WorkerDied", "BrokenPipeError",
+    "TimeoutError", "ConnectionError", ErrorKind.ITEM_TIMEOUT, ErrorKind.WORKER_DIED, "BrokenPipeError",
     "APITimeoutError", "APIConnectionError", "RateLimitError", "InternalServerError", "ServiceUnavailableError",
     "TimeoutException", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "NetworkError",
     "RemoteProtocolError", "ConnectError", "ReadError", "Timeout", "ChunkedEncodingError",
@@ -22,8 +22,8 @@ TRANSIENT = frozenset({
 })
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 # Programming errors: another attempt gives the same answer.
-FATAL = frozenset({"ValueError", "TypeError", "KeyError", "AttributeError", "IndexError", "BadRow",
-                   "BatchLengthError", "NotImplementedError", "ZeroDivisionError", "AssertionError"})
+FATAL = frozenset({"ValueError", "TypeError", "KeyError", "AttributeError", "IndexError", ErrorKind.BAD_ROW,
+                   ErrorKind.BATCH_LENGTH, "NotImplementedError", "ZeroDivisionError", "AssertionError"})
 
 
 def full_jitter(base: float = 1.0, cap: float = 60.0) -> Callable[[int], float]:

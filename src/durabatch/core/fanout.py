@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .ledger import Failure
-from .work import ItemError
+from ..errors import ItemError
+from ..store.ledger import Failure
 
 Split = Callable[[dict], list]
 Combine = Callable[[dict, list], Any]

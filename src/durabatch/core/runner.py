@@ -1,0 +1,378 @@
+"""The run loop: plan, dispatch batches to an engine, collect outcomes, commit, stop. (`api.py` builds the Job.)
+
+    source -> plan (skip what the ledger has) -> batches -> engine -> outcomes -> Pending -> committer
+                                       events -> observers (progress, run log)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..engines.base import BatchResult, Engine
+from ..engines.user_fn import cleanup
+from ..errors import DurabatchError, ErrorKind, ExitCode, InputError
+from ..policies.stopping import StopFlag
+from ..store.ledger import Failure, ItemState, Ledger
+from ..store.rundir import RunDir
+from . import quarantine
+from .committer import Committer, Pending
+from .dispatch import Dispatch
+from .events import Observers, Stats
+from .journal import Journal
+from .outcomes import INTERRUPTED, Action, Outcome, Rules, decide
+from .plan import Plan, check_fingerprint, make_plan
+from .spec import Job
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    exit_code: int
+    total: int | None
+    already_done: int
+    done: int  # committed by this run
+    failed: int  # failed in this run
+    failed_total: int  # failures in the ledger for the whole job
+    stopped: str | None  # why the run stopped early, if it did
+    elapsed: float
+    run_dir: str
+
+    def __str__(self) -> str:
+        state = {ExitCode.DONE: "finished", ExitCode.FAILED: "finished with failed items",
+                 ExitCode.STOPPED: f"stopped early ({self.stopped})"}
+        text = (f"{state.get(self.exit_code, self.exit_code)}: {self.done:,} done in this run, "
+                f"{self.already_done:,} before, {self.failed_total:,} failed; {self.elapsed:.1f}s")
+        if self.exit_code == ExitCode.STOPPED:
+            text += f". Run the same command again to resume ({self.run_dir})."
+        elif self.failed_total:
+            text += f". See `durabatch export {self.run_dir} --failed --to failed.jsonl`."
+        return text
+
+
+class _Interruptible:
+    """Inside, a second Ctrl-C interrupts the user's code (never the runner's own bookkeeping)."""
+
+    __slots__ = ("flag",)
+
+    def __init__(self, flag: StopFlag):
+        self.flag = flag
+
+    def __enter__(self) -> None:
+        self.flag.interrupt_on_urgent = True
+
+    def __exit__(self, *exc: Any) -> None:
+        self.flag.interrupt_on_urgent = False
+
+
+class Run:
+    """One execution of a job on its run directory (the CLI's `run`, the library's `run()`)."""
+
+    def __init__(self, job: Job, rd: RunDir, ledger: Ledger):
+        self.job, self.rd, self.ledger = job, rd, ledger
+        self.engine: Engine = job.engine
+        self.rules = Rules(job.retry, job.safety.at_most_once, job.safety.quarantine_after)
+        self.observers = Observers(job.observers)
+        self.stop = StopFlag()
+        self.pending = Pending()
+        self.deadline = job.stop.deadline
+        self._slowest = 0.0  # the longest batch lately: how early to stop before a deadline
+        self._last_commit = time.monotonic()
+        self._guilt: dict[int, int] = {}  # deaths of worker processes pinned on items in this run
+        self._solo_in_flight = False
+
+    # -- the whole run -----------------------------------------------------------------------------------------
+    def execute(self) -> RunSummary:
+        t0 = time.monotonic()
+        # From here on a signal is a resumable stop, also while planning or while setup() loads a model.
+        self.stop.install()
+        try:
+            return self._execute(t0)
+        finally:
+            self.stop.restore()
+
+    def _execute(self, t0: float) -> RunSummary:
+        job = self.job
+        messages = check_fingerprint(self.ledger, job.fingerprint, job.safety.allow_changed)
+        self.rd.write_job({"settings": job.description, "fingerprint": job.fingerprint})
+        run_id = self.ledger.start_run(0)
+        suspects, notes = self._review(run_id)
+        plan = self.plan = make_plan(self.ledger, self.rd, job.source, job.keys, job.selection)
+        self.stats = Stats(total=plan.total, already_done=plan.already_done + plan.already_failed,
+                           source=job.source.describe(), run_dir=str(self.rd.path),
+                           key_mode=f"column '{job.keys.column}'" if job.keys.column else "content hash")
+        self.ledger.set_meta(total=plan.total, range=[plan.lo, plan.hi])
+        self.observers.on_start(self.stats)
+        for message in messages + notes + plan.messages + _resume_message(plan):
+            self.observers.on_message(message)
+        stopped, error = None, None
+        if self.stop.requested and not plan.nothing_to_do:
+            stopped = self.stop.reason  # signalled while planning: nothing started, nothing to finish
+        elif not plan.nothing_to_do:
+            stopped, error = self._work(run_id, t0, suspects)
+        self.stats.elapsed = time.monotonic() - t0
+        failed_total = sum(self.ledger.count_failures(s)
+                           for s in (ItemState.FAILED, ItemState.QUARANTINED, ItemState.INTERRUPTED))
+        code = ExitCode.USAGE if error else ExitCode.STOPPED if stopped else \
+            ExitCode.FAILED if failed_total else ExitCode.DONE
+        self.ledger.end_run(run_id, code, self.stats.done, self.stats.failed)
+        self.observers.on_end(self.stats, code, stopped or (str(error) if error else None))
+        if error is not None:
+            raise error
+        return RunSummary(code, plan.total, self.stats.already_done, self.stats.done, self.stats.failed,
+                          failed_total, stopped, self.stats.elapsed, str(self.rd.path))
+
+    def _review(self, run_id: int) -> tuple[set[int], list[str]]:
+        """What the last run's death left: suspects to run alone (or, at most once, interrupted items)."""
+        if self.job.safety.at_most_once:
+            lost = quarantine.interrupted(self.ledger, self.rd, run_id)
+            return set(), [f"{len(lost)} item(s) were interrupted mid-call by the last run's end and will not be "
+                           "called again (at-most-once); see `durabatch export --failed`"] if lost else []
+        review = quarantine.review(self.ledger, self.rd, self.job.safety.quarantine_after, run_id)
+        notes = [f"quarantined {f.key!r} (position {f.pos}): {f.message}" for f in review.quarantined]
+        if review.suspects:
+            notes.append(f"{len(review.suspects)} item(s) were in flight when the last run died: "
+                         "running them one at a time")
+        return review.suspects, notes
+
+    def _work(self, run_id: int, t0: float, suspects: set[int]) -> tuple[str | None, BaseException | None]:
+        job, engine = self.job, self.engine
+        for message in job.messages:
+            self.observers.on_message(message)
+        try:
+            with self._interruptible():  # a second Ctrl-C while setup() runs stops at once
+                engine.start(job.work)
+        except KeyboardInterrupt:
+            engine.close(cancel=True)
+            return self.stop.reason or "SIGINT", None
+        self.dispatch = Dispatch(job.source, self.plan, job.keys, job.batching, job.commit.every_items, suspects,
+                                 self._bad_row, job.fanin)
+        self.journal = Journal(self.rd.inflight, durable=job.safety.at_most_once)
+        self.committer = Committer(self.ledger, self.rd, job.commit.output_format, job.keys.output_column, run_id)
+        if self.deadline:
+            left = self.deadline[0] - time.time()
+            self.observers.on_message(f"deadline: {self.deadline[1]}, in {left / 60:.1f} min")
+        error: BaseException | None = None
+        cancel = False
+        try:
+            try:
+                self._loop(engine, t0)
+            except DurabatchError as exc:
+                error = exc  # finish what is in flight and commit it before reporting
+                self.stop.request("error")
+            except KeyboardInterrupt:
+                self.stop.request("SIGINT")
+                self.stop.request("SIGINT")
+            cancel = self._drain(engine, t0)
+        finally:
+            engine.close(cancel=cancel)
+            self._commit_now()
+            try:
+                self.committer.close()
+            except BaseException as exc:  # noqa: BLE001
+                error = error or exc
+            # This process is alive: nothing in flight is a suspect. In at-most-once mode, calls whose outcome
+            # was not committed (abandoned on a cold stop, or a failed final commit) must be reported next time.
+            self.journal.close(clean=not job.safety.at_most_once or (not cancel and error is None))
+            self._drain_commits()
+        stopped = self.stop.reason if self.stop.requested and error is None else None
+        return stopped, error
+
+    def _over_budget(self) -> str | None:
+        """The engine refuses calls that could pass a budget and says so in its metrics."""
+        limits = self.job.limits
+        return limits.metrics.over_budget if limits is not None else None
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def _loop(self, engine: Engine, t0: float) -> None:
+        dispatch = self.dispatch
+        last_notice = 0.0
+        while not self.stop.requested:
+            paused = self._memory_over() and engine.in_flight() > 0  # never wait on nothing: go on one at a time
+            while engine.in_flight() < engine.slots and not self._solo_in_flight and not paused:
+                batch = dispatch.next_batch(idle=engine.in_flight() == 0)
+                if batch is None:
+                    break
+                self.journal.dispatched(batch, batch.solo)
+                self._solo_in_flight = batch.solo and not engine.pins_deaths
+                with self._interruptible():
+                    engine.submit(batch)
+            if dispatch.finished and not engine.in_flight():
+                break
+            wait = 0.05 if engine.in_flight() or not dispatch.source_done else 0.0
+            for result in engine.poll(wait):
+                self._collect(result)
+            if not engine.in_flight() and dispatch.source_done:
+                time.sleep(min(0.05, dispatch.next_retry_in() or 0.0))
+            self._maybe_commit()
+            now = time.monotonic()
+            if now - last_notice >= 0.2:
+                last_notice = now
+                self._notify(engine, t0)
+            if self.committer.error is not None:
+                raise self.committer.error
+            if self.deadline and time.time() + self._deadline_margin() >= self.deadline[0]:
+                self.stop.request("deadline")
+            budget = self._over_budget()
+            if budget:
+                self.observers.on_message(f"{budget}: stopping; run again with a larger budget to continue")
+                self.stop.request("budget")
+
+    def _deadline_margin(self) -> float:
+        """Time to finish what is in flight and commit: twice the slowest recent batch, at least a second."""
+        return max(1.0, 2 * self._slowest) + 0.5
+
+    def _memory_over(self) -> bool:
+        memory = self.job.memory
+        if memory is None:
+            return False
+        for message in memory.check():
+            self.observers.on_message(message)
+            if memory.over:
+                cleanup()
+        return memory.over
+
+    def _interruptible(self) -> _Interruptible:
+        return _Interruptible(self.stop)
+
+    def _drain(self, engine: Engine, t0: float) -> bool:
+        """After a stop request: let in-flight batches finish within the grace period. True if some did not."""
+        if not self.stop.requested:
+            return False
+        engine.stop_starting()
+        if self.stop.reason != "error" and engine.in_flight():
+            self.observers.on_message(f"{self.stop.reason}: finishing {engine.in_flight()} batch(es) in flight "
+                                      f"(up to {self.job.stop.grace_seconds:.0f}s), then committing; "
+                                      "press Ctrl-C again to stop at once")
+        grace = self.job.stop.grace_seconds if self.stop.reason != "error" else 1e9
+        if self.deadline:
+            grace = min(grace, max(0.0, self.deadline[0] - time.time() - 0.5))
+        limit = time.monotonic() + grace
+        while engine.in_flight() and not self.stop.urgent and time.monotonic() < limit:
+            for result in engine.poll(0.05):
+                self._collect(result)
+            self._notify(engine, t0)
+        return engine.in_flight() > 0
+
+    def _bad_row(self, pos: int, where: str, message: str) -> None:
+        if not self.job.keys.skip_bad_rows:
+            raise InputError(f"{where}: {message}. Fix the row, or pass --skip-bad-rows to record it as a failure.")
+        self.pending.failures.append(Failure(pos, None, ErrorKind.BAD_ROW, f"{where}: {message}", "", 1))
+        self.stats.failed += 1
+
+    # -- outcomes ----------------------------------------------------------------------------------------------
+    def _collect(self, result: BatchResult) -> None:
+        batch = result.batch
+        self.journal.finished(batch)
+        if result.note:
+            self.observers.on_message(result.note)
+        if batch.solo:
+            self._solo_in_flight = False
+        if not result.errors and self.job.fanin is None:  # the hot path: a whole batch's results as one piece
+            self.pending.extend(batch.positions, batch.keys, result.outputs)
+            self.stats.done += len(batch.positions)
+        else:
+            outcomes = decide(result.errors, batch.positions, batch.attempt, self.rules, self.stop.requested,
+                              self._guilt)
+            for i, outcome in enumerate(outcomes):
+                output = result.outputs[i] if outcome.action is Action.DONE else None
+                self._apply(outcome, batch.positions[i], batch.keys[i], batch.records[i], output, batch.attempt)
+        self._slowest = max(result.seconds, self._slowest * 0.99)
+        self.dispatch.observe(result.seconds, len(batch.positions))
+        self._drain_fanin()
+
+    def _apply(self, outcome: Outcome, pos: int, key: Any, record: dict, output: Any, attempt: int) -> None:
+        action, error = outcome.action, outcome.error
+        if outcome.guilt:
+            self._guilt[pos] = outcome.guilt
+        if action is Action.DONE:
+            self._succeeded(record, pos, key, output)
+        elif action is Action.RETRY:
+            if self.job.limits is not None:
+                self.job.limits.metrics.retries += 1
+            self.dispatch.retry_later(pos, key, record, attempt + 1, outcome.delay)
+        elif action is Action.RUN_ALONE:
+            self.dispatch.run_alone(pos, key, record, attempt)
+        elif action is Action.FAILED:
+            self._finally_failed(record, Failure(pos, key, error.error_type, error.message, error.traceback, attempt))
+        elif action is Action.QUARANTINED:
+            self._finally_failed(record, quarantine.worker_death_failure(pos, key, outcome.guilt, error.message))
+            self.observers.on_message(f"quarantined {key!r}: {error.message} ({outcome.guilt} times)")
+        elif action is Action.INTERRUPTED:
+            self.pending.failures.append(Failure(pos, key, ErrorKind.INTERRUPTED, INTERRUPTED, error.message, 1,
+                                                 ItemState.INTERRUPTED))
+            self.stats.failed += 1
+        # Action.REDO: nothing to record; the next run does the item
+
+    def _succeeded(self, record: dict, pos: int, key: Any, output: Any) -> None:
+        if self.job.fanin is not None:
+            self.job.fanin.done(record, output)  # a segment: its document completes when the last one does
+            return
+        self.pending.add(pos, key, output)
+        self.stats.done += 1
+
+    def _finally_failed(self, record: dict, failure: Failure) -> None:
+        if self.job.fanin is not None:
+            self.job.fanin.fail(record, failure)
+            return
+        self.pending.failures.append(failure)
+        self.stats.failed += 1
+
+    def _drain_fanin(self) -> None:
+        """Documents whose last segment came back (or that failed) join the pending commit."""
+        fanin = self.job.fanin
+        if fanin is None or not (fanin.ready or fanin.failed):
+            return
+        for pos, key, output in fanin.ready:
+            self.pending.add(pos, key, output)
+        self.stats.done += len(fanin.ready)
+        self.pending.failures.extend(fanin.failed)
+        self.stats.failed += len(fanin.failed)
+        fanin.ready.clear()
+        fanin.failed.clear()
+
+    # -- commits and events ------------------------------------------------------------------------------------
+    def _maybe_commit(self) -> None:
+        self._drain_fanin()  # documents with no segments complete without any batch
+        pending = self.pending
+        if not len(pending):
+            return
+        if len(pending) >= self.job.commit.every_items or \
+                time.monotonic() - self._last_commit >= self.job.commit.every_seconds:
+            self._commit_now()
+
+    def _commit_now(self) -> None:
+        self._last_commit = time.monotonic()
+        if len(self.pending):
+            if self.job.limits is not None:
+                self.pending.meta = {"api": self.job.limits.metrics.snapshot()}
+            self.committer.submit(self.pending)
+            self.pending = Pending()
+        self._drain_commits()
+
+    def _drain_commits(self) -> None:
+        while self.committer.committed:
+            c = self.committer.committed.popleft()
+            self.stats.committed += c.rows + c.failures
+            if c.warning:
+                self.observers.on_message(c.warning)
+            self.observers.on_commit(self.stats, c.rows, c.failures, c.shard)
+
+    def _notify(self, engine: Engine, t0: float) -> None:
+        self._drain_commits()
+        self.stats.in_flight = engine.in_flight()
+        if self.job.limits is not None:
+            self.stats.extra = self.job.limits.metrics.snapshot()
+        self.stats.elapsed = time.monotonic() - t0
+        self.observers.on_progress(self.stats)
+
+
+def _resume_message(plan: Plan) -> list[str]:
+    if plan.nothing_to_do:
+        return [f"nothing to do: all {plan.total:,} items are already finished "
+                f"({plan.already_failed:,} of them failed)"]
+    if plan.already_done or plan.already_failed:
+        return [f"resuming: {plan.already_done:,} items already done, {plan.already_failed:,} failed earlier, "
+                f"{plan.total - plan.already_done - plan.already_failed:,} to go" if plan.total is not None
+                else f"resuming: {plan.already_done:,} items already done"]
+    return []

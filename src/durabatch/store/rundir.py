@@ -1,0 +1,84 @@
+"""The layout of a run directory (ledger, shards, logs, job.json, lock, journal, checkpoints), the run lock, and
+the one fsync helper of the store."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import RunLockedError
+
+
+class RunDir:
+    """Paths inside a run directory."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.ledger = self.path / "ledger.sqlite"
+        self.shards = self.path / "shards"
+        self.logs = self.path / "logs"
+        self.job = self.path / "job.json"
+        self.lock = self.path / "lock"
+        self.inflight = self.path / "inflight.journal"  # batches dispatched and not finished: poison suspects
+        self.last_death = self.logs / "last_death.json"  # written by the supervisor: how the last runner died
+
+    def create(self) -> None:
+        for d in (self.path, self.shards, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def write_job(self, data: dict[str, Any]) -> None:
+        """job.json: the resolved settings and the fingerprint, replaced atomically."""
+        tmp = self.job.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        tmp.replace(self.job)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: RunDir) -> Iterator[None]:
+    """Hold an exclusive flock on run_dir/lock for the run; the kernel releases it even on SIGKILL."""
+    fd = os.open(run_dir.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = lock_holder(run_dir)
+            raise RunLockedError(
+                f"run directory {run_dir.path} is in use by another durabatch process (pid {pid}); "
+                "wait for it to finish or stop it first", pid) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def lock_holder(run_dir: RunDir) -> int | None:
+    """The pid of the process running this directory, or None when nobody is."""
+    try:
+        fd = os.open(run_dir.lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 64).decode().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory by path (a directory after a rename in it makes the rename durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
