@@ -13,16 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from llm_server import LLMServer, ServerConfig  # noqa: E402
-
-import durabatch  # noqa: E402
+import durabatch
+from durabatch.testing import AskAsync, LLMServer, ServerConfig
 
 os.environ.setdefault("OPENAI_API_KEY", "sk-local-bench")
 
@@ -86,11 +81,9 @@ def arm(name: str, n: int, rpm: float) -> dict:
         t0 = time.monotonic()
         failed = 0
         if name.startswith("durabatch"):
-            import apifns
-
             limits = {"rpm": rpm} if name == "durabatch --rpm" else {}
             with tempfile.TemporaryDirectory() as tmp:
-                summary = durabatch.run(apifns.AskAsync, items, key="id", run_dir=tmp, concurrency=64,
+                summary = durabatch.run(AskAsync, items, key="id", run_dir=tmp, concurrency=64,
                                         progress="off", **limits)
             failed = summary.failed_total + (n - summary.done)
         elif name == "seed 004 pattern":

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-import userfns  # noqa: E402
+BENCH = Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:  # imported as a module by the suite's chaos test: chaosfns sits beside this file
+    sys.path.insert(0, str(BENCH))
+import chaosfns  # noqa: E402
 
 from durabatch.store.ledger import Ledger  # noqa: E402
 from durabatch.store.rundir import RunDir, lock_holder  # noqa: E402
@@ -39,10 +40,10 @@ def chaos(items: int, kills: int, terms: int, workdir: Path, seed: int = 1, comm
     data.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(items)))
     executions = workdir / "executions.txt"
     run_dir = workdir / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "EXECUTIONS_FILE": str(executions),
+    env = {**os.environ, "PYTHONPATH": str(BENCH), "EXECUTIONS_FILE": str(executions),
            "ITEM_SECONDS": str(item_ms / 1000)}
     command = [sys.executable, "-m", "durabatch", "run", "-i", str(data), "--key", "id",
-               "--fn", "userfns:counted_digest", "--run-dir", str(run_dir), "--commit-every", str(commit_every),
+               "--fn", "chaosfns:counted_digest", "--run-dir", str(run_dir), "--commit-every", str(commit_every),
                "--commit-seconds", "0.5", "--supervise", "--restart-delay", "0.05", "--progress", "off"]
     rng = random.Random(seed)
     term_at = set(rng.sample(range(kills), min(terms, kills)))
@@ -82,7 +83,7 @@ def chaos(items: int, kills: int, terms: int, workdir: Path, seed: int = 1, comm
                    capture_output=True)
     table = pq.read_table(out)
     ids = table.column("id").to_pylist()
-    reference = [userfns.digest({"id": i})["digest"] for i in range(items)]
+    reference = [chaosfns.digest({"id": i})["digest"] for i in range(items)]
     counts = collections.Counter(executions.read_text().split())
     repeated = sum(c - 1 for c in counts.values() if c > 1)
     status = json.loads(subprocess.run([sys.executable, "-m", "durabatch", "status", str(run_dir), "--json"], env=env,

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 
-import apifns
 import pyarrow.parquet as pq
 import pytest
-from llm_server import LLMServer, ServerConfig, answer_for
 
 import durabatch
+from durabatch.testing import AskAsync, AskSync, LLMServer, ServerConfig, answer_for
 
 pytest.importorskip("openai")
 SECRET = "sk-test-durabatch-0123456789"
@@ -28,7 +27,7 @@ def questions(n):
 def run(tmp_path, server, n, **kw):
     os.environ["LLM_BASE_URL"] = server.url
     kw.setdefault("progress", "off")
-    return durabatch.run(apifns.AskAsync, questions(n), key="id", run_dir=tmp_path / "run", **kw)
+    return durabatch.run(AskAsync, questions(n), key="id", run_dir=tmp_path / "run", **kw)
 
 
 def answers(tmp_path):
@@ -82,7 +81,7 @@ def test_sync_client_on_threads_gets_the_same_limits(tmp_path):
     os.environ["LLM_BASE_URL"] = ""
     with LLMServer(ServerConfig(rpm=3000, window=1.0, latency_median=0.01, reject_until=0.5)) as server:
         os.environ["LLM_BASE_URL"] = server.url
-        summary = durabatch.run(apifns.AskSync, questions(120), key="id", run_dir=tmp_path / "run",
+        summary = durabatch.run(AskSync, questions(120), key="id", run_dir=tmp_path / "run",
                                 engine="threads", workers=8, rpm=3000, progress="off")
     assert summary.exit_code == 0 and summary.done == 120
 

@@ -9,11 +9,10 @@ an emergency save on SIGTERM / SIGUSR1 / Ctrl-C or a deadline, and a small metri
 
 A checkpoint is a directory written under a temporary name, fsynced and renamed: a half-written one is never
 picked up. Periodic saves go on in the background: a TorchState is copied into shared memory and written by a
-separate process (ckptwriter.py), any other state with a snapshot() by a thread."""
+separate process (writer_process.py), any other state with a snapshot() by a thread."""
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import queue
@@ -27,8 +26,8 @@ from typing import Any, Protocol
 
 from .. import environment
 from ..policies.stopping import StopFlag, wall_deadline
-from . import writer_process as ckptwriter
-from .writer_process import complete_checkpoints, prune, publish
+from . import writer_process as writer
+from .writer_process import checkpoint_dir, complete_checkpoints, prune, publish, read_meta, step_dir, tmp_dir
 
 EXIT_STOPPED = 75
 
@@ -85,7 +84,7 @@ class Checkpointer:
         for the GIL."""
         if keep_best and not metric:
             raise ValueError("keep_best needs metric= (the name of a recorded metric)")
-        self.dir = Path(run_dir) / "checkpoints"
+        self.dir = checkpoint_dir(Path(run_dir))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state = state
         self.every_steps, self.every_seconds = every_steps, every_seconds
@@ -107,8 +106,8 @@ class Checkpointer:
         self._writer: threading.Thread | None = None
         self._jobs: queue.Queue = queue.Queue()
         self._write_error: BaseException | None = None
-        self.writer_process = writer_process and ckptwriter.AVAILABLE
-        self._process: ckptwriter.WriterProcess | None = None
+        self.writer_process = writer_process and writer.AVAILABLE
+        self._process: writer.WriterProcess | None = None
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
@@ -122,7 +121,7 @@ class Checkpointer:
         step = self.step if step is None else step
         self.wait()
         t0 = time.perf_counter()
-        final = self.dir / f"step-{step:012d}"
+        final = step_dir(self.dir, step)
         meta = {"step": step, "time": self.clock(), "elapsed": self.clock() - self.started, "reason": reason,
                 "metrics": dict(self._metrics)}
         snapshot = getattr(self.state, "snapshot", None)
@@ -162,7 +161,7 @@ class Checkpointer:
             return False
         assert self._process is not None
         # absolute: the writer process keeps the directory it started in, whatever this one does after
-        self._process.send({"dir": str(self.dir.absolute()), "tmp": str(self._tmp(step).absolute()),
+        self._process.send({"dir": str(self.dir.absolute()), "tmp": str(tmp_dir(self.dir, step).absolute()),
                             "final": str(final.absolute()), "meta": meta,
                             "file": name, "header": header, "sizes": sizes, "fsync": self.fsync,
                             "keep_last": self.keep_last, "keep_best": self.keep_best, "metric": self.metric,
@@ -171,14 +170,14 @@ class Checkpointer:
 
     def _buffer_for(self, nbytes: int) -> Any:
         if self._process is None:
-            self._process = ckptwriter.WriterProcess()
+            self._process = writer.WriterProcess()
         return self._process.buffer(nbytes)
 
     def _start_writer_process(self) -> None:
         """With the loop, so that the first checkpoint does not wait for it (its start costs ~30 ms of CPU)."""
         if self.writer_process and self._process is None and hasattr(self.state, "snapshot_into"):
             try:
-                self._process = ckptwriter.WriterProcess()
+                self._process = writer.WriterProcess()
             except OSError:
                 pass  # said, and the thread used instead, at the first checkpoint
 
@@ -208,11 +207,8 @@ class Checkpointer:
                 del job
                 self._jobs.task_done()
 
-    def _tmp(self, step: int) -> Path:
-        return self.dir / f".tmp-step-{step:012d}-{os.getpid()}"
-
     def _write(self, step: int, final: Path, meta: dict, data: Any) -> None:
-        tmp = self._tmp(step)
+        tmp = tmp_dir(self.dir, step)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         if data is None:
@@ -227,7 +223,7 @@ class Checkpointer:
         for path in self.checkpoints():
             try:
                 self.state.load(path)
-                meta = json.loads((path / "meta.json").read_text())
+                meta = read_meta(path)
             except Exception as exc:  # noqa: BLE001 - a damaged checkpoint: fall back to the one before
                 print(f"[durabatch] checkpoint {path.name} unreadable ({exc}); trying the previous one",
                       file=sys.stderr)

@@ -11,7 +11,7 @@ writes the checkpoint.
 A writer thread's Python sections (mkdir, write, rename, fsync, metrics line, prune) took the GIL from the
 training thread for 1-2 ms a checkpoint; a process takes nothing from it.
 
-This module uses the standard library only and runs as a script by path (`python -I -S ckptwriter.py`): the
+This module uses the standard library only and runs as a script by path (`python -I -S writer_process.py`): the
 process never imports torch or durabatch, so it starts in tens of milliseconds and holds a few MB. It ends when
 its trainer does (end of file on the socket, or the trainer no longer its parent) and publishes nothing after
 the trainer died."""
@@ -32,10 +32,33 @@ AVAILABLE = hasattr(os, "memfd_create") and hasattr(socket, "send_fds")  # Linux
 FREE_ABOVE = 64 << 20  # a buffer this big is freed after each write, so it does not hold the RAM in between
 
 
-# -- checkpoint directories ------------------------------------------------------------------------------------
+# -- checkpoint directories: the one place their layout is spelled out ------------------------------------------
+# RUN_DIR/checkpoints/step-000000001200/{meta.json, state...}, .tmp-step-<step>-<pid>/ while being written, and
+# metrics.jsonl (one line per checkpoint). Kept here because this file must run without importing durabatch.
+CHECKPOINTS = "checkpoints"
+META = "meta.json"
+METRICS = "metrics.jsonl"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def step_dir(directory: Path, step: int) -> Path:
+    return directory / f"step-{step:012d}"
+
+
+def tmp_dir(directory: Path, step: int) -> Path:
+    return directory / f".tmp-step-{step:012d}-{os.getpid()}"
+
+
+def read_meta(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / META).read_text())
+
+
 def complete_checkpoints(directory: Path) -> list[Path]:
     """Checkpoints with their meta.json (written last), newest first."""
-    done = [p for p in directory.glob("step-*") if (p / "meta.json").exists()]
+    done = [p for p in directory.glob("step-*") if (p / META).exists()]
     return sorted(done, key=lambda p: int(p.name.split("-")[1]), reverse=True)
 
 
@@ -50,7 +73,7 @@ def fsync_path(path: Path) -> None:
 def publish(tmp: Path, final: Path, meta: dict, fsync: bool) -> None:
     """Turn a temporary directory holding a state into a checkpoint: meta.json last (its presence marks a whole
     checkpoint), flushed, renamed, and a metrics line."""
-    (tmp / "meta.json").write_text(json.dumps(meta))
+    (tmp / META).write_text(json.dumps(meta))
     if fsync:
         for path in tmp.rglob("*"):
             if path.is_file():
@@ -61,7 +84,7 @@ def publish(tmp: Path, final: Path, meta: dict, fsync: bool) -> None:
     os.replace(tmp, final)
     if fsync:
         fsync_path(final.parent)
-    with open(final.parent / "metrics.jsonl", "a", encoding="utf-8") as f:
+    with open(final.parent / METRICS, "a", encoding="utf-8") as f:
         f.write(json.dumps(meta) + "\n")
 
 
@@ -72,7 +95,7 @@ def prune(directory: Path, keep_last: int, keep_best: int = 0, metric: str | Non
     kept = complete_checkpoints(directory)
     keep = set(kept[:keep_last])
     if keep_best and metric:
-        scored = [(json.loads((p / "meta.json").read_text())["metrics"].get(metric), p) for p in kept]
+        scored = [(read_meta(p)["metrics"].get(metric), p) for p in kept]
         scored = [(v, p) for v, p in scored if isinstance(v, int | float)]
         scored.sort(key=lambda vp: vp[0], reverse=mode == "max")
         keep |= {p for _, p in scored[:keep_best]}

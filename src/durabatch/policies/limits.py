@@ -268,12 +268,3 @@ class Limits:
     @staticmethod
     def usage_of(output: object) -> dict | None:
         return usage_of(output)
-
-    def wait_sync(self, record: dict) -> tuple[RateLimiter, float]:
-        """For threads: block until a request may go; returns the limiter and the token estimate."""
-        limiter = self.for_record(record)
-        estimate = self.estimate(record)
-        wait = limiter.wait_time(estimate)
-        if wait > 0:
-            time.sleep(wait)
-        return limiter, estimate

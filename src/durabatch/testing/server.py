@@ -2,7 +2,11 @@
 configurable latency distribution, RPM/TPM limits enforced per window with 429 + Retry-After, injectable
 errors (500s, hangs, malformed JSON), deterministic answers and `usage`. Binds 127.0.0.1 only.
 
-    python tests/llm_server.py --rpm 3000 --port 8011     # serve until Ctrl-C
+Why: an API job's hard parts (429 bursts, Retry-After, budgets, a hanging call) cannot be tested against a real
+provider cheaply or repeatably. Standard library only; the openai client is imported by AskAsync/AskSync when
+a worker sets them up, never at import time.
+
+    python -m durabatch.testing.server --rpm 3000 --port 8011     # serve until Ctrl-C
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import random
 import threading
 import time
@@ -49,6 +54,9 @@ def answer_for(prompt: str) -> str:
 
 
 class LLMServer:
+    """The server in a background thread: `with LLMServer(ServerConfig(rpm=600)) as s: ... s.url ... s.log`.
+    port=0 picks a free port; `url` ends in /v1, ready for the openai client's base_url."""
+
     def __init__(self, config: ServerConfig | None = None, port: int = 0):
         self.config = config or ServerConfig()
         self.log = Log()
@@ -98,6 +106,7 @@ class LLMServer:
             return None
 
     def latency(self) -> float:
+        """How long to take over this answer: lognormal around latency_median, or the tail latency."""
         c = self.config
         with self._lock:
             if self._rng.random() < c.tail_fraction:
@@ -105,6 +114,7 @@ class LLMServer:
             return c.latency_median * math.exp(self._rng.gauss(0, c.latency_sigma))
 
     def fault(self) -> str | None:
+        """The injected failure for this request, drawn from the configured rates: error, hang, malformed."""
         c = self.config
         with self._lock:
             r = self._rng.random()
@@ -168,6 +178,43 @@ class LLMServer:
                 self._send(200, json.dumps(body).encode())
 
         return Handler
+
+
+class AskAsync:
+    """A user function for the local server: asks record["question"], returns the answer letter and `usage`.
+    One AsyncOpenAI client per worker (built in setup(), closed in teardown()), no client retries so that
+    durabatch's own 429 and retry handling is what gets exercised. Base URL: LLM_BASE_URL, else the openai
+    client's own OPENAI_BASE_URL."""
+
+    def setup(self) -> None:
+        from openai import AsyncOpenAI
+
+        self.client = AsyncOpenAI(base_url=os.environ.get("LLM_BASE_URL"), max_retries=0, timeout=30)
+
+    async def __call__(self, record: dict) -> dict:
+        response = await self.client.chat.completions.create(
+            model="local", messages=[{"role": "user", "content": record["question"]}])
+        return {"answer": response.choices[0].message.content[-1], "usage": response.usage.model_dump()}
+
+    async def teardown(self) -> None:
+        await self.client.close()  # in the engine's loop, before it stops: no "Event loop is closed" later
+
+
+class AskSync:
+    """AskAsync with the sync client, for the threads and processes engines."""
+
+    def setup(self) -> None:
+        from openai import OpenAI
+
+        self.client = OpenAI(base_url=os.environ.get("LLM_BASE_URL"), max_retries=0, timeout=30)
+
+    def __call__(self, record: dict) -> dict:
+        response = self.client.chat.completions.create(
+            model="local", messages=[{"role": "user", "content": record["question"]}])
+        return {"answer": response.choices[0].message.content[-1], "usage": response.usage.model_dump()}
+
+    def teardown(self) -> None:
+        self.client.close()
 
 
 def main() -> None:
