@@ -42,6 +42,7 @@ def malformed_file(tmp_path, n=300, bad=250):
     return write_lines(tmp_path / "data.jsonl", lines)
 
 
+@pytest.mark.slow  # several runs of the CLI
 def test_malformed_line_names_file_and_line_and_loses_nothing_committed(tmp_path):
     data = malformed_file(tmp_path)
     first = run(tmp_path, data, "--limit", "100", "--commit-every", "1")  # an earlier run commits 0..99
@@ -56,6 +57,7 @@ def test_malformed_line_names_file_and_line_and_loses_nothing_committed(tmp_path
     assert ledger_query(tmp_path / "r", "PRAGMA integrity_check") == [("ok",)]
 
 
+@pytest.mark.slow  # several runs of the CLI
 @pytest.mark.parametrize("resume", [True, False], ids=["after-the-error", "fresh"])
 def test_skip_bad_rows_records_the_bad_row_as_a_failure_with_its_line(tmp_path, resume):
     data = malformed_file(tmp_path)
@@ -96,6 +98,7 @@ def test_a_line_that_is_not_utf8_is_an_error_naming_its_line(tmp_path):
     assert "data.jsonl" in result.stderr and "line 11" in result.stderr, result.stderr
 
 
+@pytest.mark.slow  # several runs of the CLI
 def test_a_line_that_is_not_utf8_is_skipped_with_skip_bad_rows(tmp_path):
     result = run(tmp_path, not_utf8_file(tmp_path), "--skip-bad-rows")
     assert result.returncode == 1, result.stderr
@@ -162,6 +165,7 @@ def test_duplicate_keys_name_both_rows_and_dedupe_keeps_the_first(tmp_path):
     assert table.column("text").to_pylist() == [f"item-{i}" for i in range(50)]  # id 7: the first occurrence
 
 
+@pytest.mark.slow  # several runs of the CLI
 def test_a_late_duplicate_in_a_large_input_commits_nothing(tmp_path):
     """On a fresh run the key check runs while the first items are computed: they must not be committed before
     it has passed, so a duplicate near the end still leaves the run directory empty."""
@@ -212,6 +216,7 @@ def test_csv_row_with_the_wrong_number_of_fields(tmp_path, row, got):
 
 
 # -- the job changed -----------------------------------------------------------------------------------------------
+@pytest.mark.slow  # several runs of the CLI
 def test_changed_function_on_resume_is_refused_with_a_diff(tmp_path):
     data = write_jsonl(tmp_path / "data.jsonl", make_records(100))
     mod = tmp_path / "mod"
@@ -233,22 +238,26 @@ def test_changed_function_on_resume_is_refused_with_a_diff(tmp_path):
 
 
 # -- two processes on one run directory ----------------------------------------------------------------------------
+@pytest.mark.slow  # several runs of the CLI
 def test_second_concurrent_run_is_refused_naming_the_holder(tmp_path):
     n = 300
     data = write_jsonl(tmp_path / "data.jsonl", make_records(n))
     run_dir = tmp_path / "r"
-    args = ("run", "-i", data, "--key", "id", "--fn", "jobs:slow_digest", "--run-dir", run_dir, "--progress", "off",
+    args = ("run", "-i", data, "--key", "id", "--fn", "jobs:gated", "--run-dir", run_dir, "--progress", "off",
             "--commit-every", "10")
-    first = durabatch_popen(*args, cwd=tmp_path, env={"JOBS_ITEM_SECONDS": "0.01"}, stderr=subprocess.PIPE,
-                            text=True)
+    gate = tmp_path / "gate"  # the first run holds at item 100 until the second one has tried
+    first = durabatch_popen(*args, cwd=tmp_path, env={"JOBS_GATE": str(gate), "JOBS_GATE_FROM": "100"},
+                            stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: committed_rows(run_dir) > 0, timeout=60, what="the first run's first commit")
-        second = durabatch_cli(*args, cwd=tmp_path)
-        assert first.poll() is None, "the first run ended before the second one tried: test too fast"
+        wait_until(lambda: committed_rows(run_dir) > 0, timeout=300, what="the first run's first commit")
+        second = durabatch_cli(*args, cwd=tmp_path, timeout=300)
+        assert first.poll() is None, "the first run ended before the second one tried"
         assert second.returncode == 2, second.stderr
         assert f"pid {first.pid}" in second.stderr
-        _, err = first.communicate(timeout=120)
+        gate.touch()
+        _, err = first.communicate(timeout=300)
     finally:
+        gate.touch()
         if first.poll() is None:
             first.kill()
     assert first.returncode == 0, err

@@ -22,7 +22,7 @@ from conftest import (
 )
 
 import durabatch
-from durabatch.columns import ArrowRecords
+from durabatch.columns import ArrowRecords, FieldTypes
 from durabatch.errors import ConfigError
 from durabatch.store.shards import build_table
 
@@ -125,8 +125,9 @@ def test_sigkill_mid_run_then_resume_exports_every_key_once(tmp_path):
     source = write_jsonl(tmp_path / "d.jsonl", make_records(6_000))
     args = ("run", "-i", source, "--key", "id", "--fn", "userfns:slow_digest_columns", "--run-dir", tmp_path / "r",
             "--batch-size", "100", "--batch-format", "columns", "--commit-every", "500", "--progress", "off")
-    proc = durabatch_popen(*args, cwd=tmp_path, env={"BATCH_SECONDS": "0.02"})
-    wait_until(lambda: committed_rows(tmp_path / "r") >= 1_000, what="a few commits")
+    # 60 batches of at least 50 ms: after the first 1,000 items, 2.5 s at the least to kill it in
+    proc = durabatch_popen(*args, cwd=tmp_path, env={"BATCH_SECONDS": "0.05"})
+    wait_until(lambda: committed_rows(tmp_path / "r") >= 1_000, timeout=300, what="a few commits")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     done_before = committed_rows(tmp_path / "r")
@@ -149,5 +150,7 @@ def test_build_table_joins_tables_and_rows_of_any_shape():
     rows = table.to_pylist()
     assert [r.get("a") for r in rows] == [1, 2, None, 3.5, None, 6, 7]
     assert rows[4]["result"] == 5 and rows[3]["b"] == "x"
-    mixed = build_table("id", [0, 1], [ArrowRecords(pa.table({"a": [1]})), [{"a": "text"}]])
-    assert mixed.column("a").to_pylist() == ["1", '"text"']  # mixed types kept as JSON text, nothing lost
+    fields = FieldTypes()
+    mixed = build_table("id", [0, 1], [ArrowRecords(pa.table({"a": [1]})), [{"a": "text"}]], fields)
+    assert mixed.column("a").to_pylist() == [1]  # never rewritten as JSON text: the second item fails
+    assert list(fields.rejected) == [1] and "'a'" in fields.rejected[1]

@@ -8,6 +8,7 @@ import os
 import sqlite3
 
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -67,6 +68,7 @@ def _check_invariants(run_dir: str) -> None:
     assert listed == on_disk, f"orphans or missing shards: listed={listed} on_disk={on_disk}"
 
 
+@pytest.mark.slow  # every crash point, each a run and a resume
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(k=st.integers(min_value=1, max_value=60), commit_every=st.sampled_from([1, 3, 7, 50]),
        workers=st.sampled_from([1, 2]), second_crash=st.integers(min_value=0, max_value=30))

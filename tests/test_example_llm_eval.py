@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.example
 pytest.importorskip("openai")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from llm_server import answer_for  # noqa: E402
-
+from durabatch.testing import answer_for  # noqa: E402
 from examples.llm_eval.questions import generate  # noqa: E402
 
 SECRET = "sk-eval-secret-42"

@@ -24,6 +24,7 @@ NEVER = {
     "loops": {"core", "store", "engines", "sources", "config", "cli", "api"},
     "observe": {"cli", "api", "config", "engines"},
     "config": {"core", "store", "observe", "cli", "api", "loops"},
+    "batch_api": {"cli", "api", "config", "observe", "supervise", "environment", "testing"},
 }
 for leaf in LEAVES:
     NEVER[leaf] = HOUSE - {leaf}

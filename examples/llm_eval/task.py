@@ -1,15 +1,18 @@
-"""The evaluation call: one chat completion per question with the official openai client. The endpoint comes
-from OPENAI_BASE_URL (any OpenAI-compatible server), the key from OPENAI_API_KEY; neither is a job setting, so
-neither is written to the run directory or the logs."""
+"""The evaluation call: one chat completion per question with the official openai client. The model and the
+temperature are the job's `params` (job.yaml, or `--param model=...`): part of the job, so a resume with another
+model is refused instead of mixing two models' answers. The endpoint comes from OPENAI_BASE_URL (any
+OpenAI-compatible server), the key from OPENAI_API_KEY; neither is a job setting, so neither is written to the run
+directory or the logs."""
 
 from __future__ import annotations
 
-import os
 import re
 
 
 class AskModel:
-    model = os.environ.get("LLM_EVAL_MODEL", "gpt-4o-mini")
+    def __init__(self, model: str = "gpt-4o-mini", temperature: float = 0.0):
+        self.model = model
+        self.temperature = temperature
 
     def setup(self) -> None:
         from openai import AsyncOpenAI
@@ -19,7 +22,7 @@ class AskModel:
 
     async def __call__(self, item: dict) -> dict:
         response = await self.client.chat.completions.create(
-            model=self.model, temperature=0, messages=[{"role": "user", "content": item["question"]}])
+            model=self.model, temperature=self.temperature, messages=[{"role": "user", "content": item["question"]}])
         text = response.choices[0].message.content or ""
         match = re.search(r"\b([ABCD])\b", text.upper())
         given = match.group(1) if match else None

@@ -4,12 +4,13 @@ config/settings.py and one line of `make_job` below."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any
 
 from . import environment
-from .config.job import code_hash, fingerprint
+from .config.job import check_params, code_hash, fingerprint
 from .config.settings import JobSettings, merge, parse_size
 from .core.events import Observer
 from .core.fanout import Combine, FanIn, Split, default_combine
@@ -17,7 +18,7 @@ from .core.runner import Run, RunSummary
 from .core.spec import Batching, CommitPolicy, Job, Keys, Safety, Selection, StopPolicy
 from .engines import make_engine
 from .engines.user_fn import Work, is_async_target, resolve
-from .errors import ConfigError
+from .errors import ConfigError, install_redaction
 from .observe.logs import RunLog
 from .observe.progress import make_progress
 from .observe.resources import sample
@@ -55,11 +56,14 @@ def run_job(fn: Any, source: Any, settings: JobSettings, observers: list[Observe
     if target is None:
         raise ConfigError("fn is required: package.module:callable")
     fanin = _fan_in(settings, split, combine)
+    install_redaction(environment.secret_values())  # secrets in the environment never reach the ledger
     deadline = wall_deadline(settings.deadline, settings.deadline_at, time.time(), environment.slurm_end_time())
     src = open_source(source if source is not None else settings.input or _missing_input())
     rd = RunDir(settings.run_dir)
     rd.create()
     with run_lock(rd):
+        if settings.batch_api:
+            return _run_batch_api(target, src, settings, rd, observers)
         job = make_job(target, src, settings, rd, observers, fanin, deadline)
         ledger = Ledger.open(rd)
         try:
@@ -77,20 +81,22 @@ def make_job(target: Any, source: Source, s: JobSettings, rd: RunDir, observers:
     if s.item_timeout and engine_name == "threads":
         messages.append("--item-timeout is not enforced on the threads engine (a thread cannot be stopped); use "
                         "--engine processes")
+    check_params(target, s.params, s.batch_size is not None)
     fp = fingerprint(target, s, source.identity())
     if fanin is not None:
         fp["fan_out"] = {"split": code_hash(fanin.split_fn), "combine": code_hash(fanin.combine_fn)}
     progress = make_progress(s.progress, s.log_every)
     return Job(
         target=target, source=source, fingerprint=fp, description=s.model_dump(),
-        work=Work(target, s.batch_size is not None, s.cleanup_every, columns=s.batch_format == "columns"),
+        work=Work(target, s.batch_size is not None, s.cleanup_every, columns=s.batch_format == "columns",
+                  params=s.params),
         engine=make_engine(engine_name, s.workers, s.item_timeout, parse_size(s.max_worker_memory), s.concurrency,
                            limits),
         keys=Keys(s.key, s.dedupe, s.skip_bad_rows),
         selection=Selection(s.start or 0, s.end, s.limit),
         batching=Batching(s.batch_size, s.batch_format == "columns", adaptive=not s.at_most_once),
         commit=CommitPolicy(s.commit_every, s.commit_seconds, s.output_format),
-        stop=StopPolicy(s.grace_seconds, deadline),
+        stop=StopPolicy(s.grace_seconds, deadline, s.max_consecutive_failures),
         safety=Safety(s.at_most_once, s.quarantine_after, s.allow_changed),
         retry=RetryPolicy(s.max_attempts, full_jitter(s.backoff_base, s.backoff_max),
                           make_retryable(s.retry_on, s.fatal_on)),
@@ -100,6 +106,33 @@ def make_job(target: Any, source: Source, s: JobSettings, rd: RunDir, observers:
         observers=[o for o in (progress, RunLog(rd.logs / "run.log")) if o] + observers,
         messages=messages,
     )
+
+
+def _run_batch_api(build: Any, source: Source, s: JobSettings, rd: RunDir, observers: list[Observer]) -> RunSummary:
+    """--batch-api: the items go through the provider's Batch API instead of the engine loop."""
+    from .batch_api.lines import Prices
+    from .batch_api.provider import make_provider
+    from .batch_api.runner import BatchJob, BatchRun
+
+    if s.max_cost is not None and (s.price_input is None or s.price_output is None):
+        raise ConfigError("--max-cost with --batch-api needs --price-input and --price-output (per million tokens)")
+    parse = resolve(s.parse) if s.parse else None
+    fp = fingerprint(build, s, source.identity())
+    fp["batch_api"] = {"provider": s.batch_api, "parse": code_hash(parse) if parse else None}
+    prices = Prices(s.price_input, s.price_output, s.tokens_per_item) if s.price_input is not None and \
+        s.price_output is not None else None
+    job = BatchJob(
+        provider=make_provider(s.batch_api or "", s.batch_requests),
+        build=functools.partial(build, **s.params) if s.params else build, parse=parse, source=source,
+        fingerprint=fp, description=s.model_dump(), keys=Keys(s.key, s.dedupe, s.skip_bad_rows),
+        selection=Selection(s.start or 0, s.end, s.limit), output_format=s.output_format, poll_max=s.batch_poll,
+        prices=prices, max_cost=s.max_cost, allow_changed=s.allow_changed,
+        observers=[o for o in (make_progress(s.progress, s.log_every), RunLog(rd.logs / "run.log")) if o] + observers)
+    ledger = Ledger.open(rd)
+    try:
+        return BatchRun(job, rd, ledger).execute()
+    finally:
+        ledger.close()
 
 
 def _fan_in(s: JobSettings, split: Any, combine: Any) -> FanIn | None:

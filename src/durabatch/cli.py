@@ -42,7 +42,10 @@ def _settings_params() -> list[inspect.Parameter]:
         annotation: Any = field.annotation
         choices = getattr(annotation, "__args__", ())
         help_text = field.description or ""
-        if annotation == list[str]:
+        if name == "params":  # --param key=value, repeated; merged into the job file's params key by key
+            kind, decls = Optional[list[str]], ["--param", "--params"]  # noqa: UP045
+            help_text += " As --param key=value (the value read as JSON when it is JSON); repeat for several."
+        elif annotation == list[str]:
             kind: Any = Optional[list[str]]  # noqa: UP045 - typer reads the annotation at run time
             decls = [flag, *([SHORT[name]] if name in SHORT else [])]
             help_text += " Repeat for several."
@@ -89,7 +92,19 @@ def run_command(job_file: Optional[Path] = None, **flags: Any) -> None:  # noqa:
     except DurabatchError as exc:
         _fail(str(exc))
     typer.echo(str(summary), err=True)
-    raise typer.Exit(summary.exit_code)
+    raise typer.Exit(_believed(summary.exit_code, config.run_dir))
+
+
+def _believed(code: int, run_dir: str) -> int:
+    """Exit 0 only when the ledger says the job is finished; else 75 (resumable: run again)."""
+    from .store.rundir import RunDir
+    from .supervise import unfinished
+
+    left = unfinished(RunDir(run_dir)) if code == ExitCode.DONE else None
+    if left:
+        typer.echo(f"durabatch: the ledger says {left:,} item(s) are not finished: run again to do them", err=True)
+        return ExitCode.STOPPED
+    return code
 
 
 run_command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

@@ -4,7 +4,7 @@ shard, so no dict per row is ever made on that path; anyone who indexes or itera
 
 from __future__ import annotations
 
-import json
+import base64
 from collections.abc import Iterator, Sequence
 from itertools import chain
 from operator import itemgetter
@@ -97,10 +97,91 @@ def from_columns(result: Any, rows: int) -> ArrowRecords:
 
 
 def to_array(values: Any) -> pa.Array:
+    """Values as one Arrow array; TypeError naming two types when they have none in common (never rewritten)."""
     if isinstance(values, pa.Array | pa.ChunkedArray):
         return values
     try:
         return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        # Mixed types in one column: keep the data, as JSON text, rather than fail the commit.
-        return pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+        kinds = list(dict.fromkeys(type(v).__name__ for v in values if v is not None))
+        both = f" ({' and '.join(kinds[:2])})" if len(kinds) > 1 else ""
+        raise TypeError(f"values of no common type{both}: {exc}") from None
+
+
+ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError,
+                ValueError, RecursionError)
+
+
+class FieldTypes:
+    """One type per result field for the whole run, whatever the commit boundaries: the first non-null value of
+    a field (in the order results arrive) fixes its type; a later value must join it. Null joins anything;
+    integers and floats join as float; records (dicts) may differ in which fields they have, lists join when
+    their items do. Any other mix (text where a number was, a bool where a number was...) is refused: that
+    value's item fails, naming the field and both types. Kept in the ledger, so that a resume keeps the rule."""
+
+    def __init__(self, stored: str | None = None):
+        self.types: dict[str, pa.DataType] = {}
+        if stored:
+            schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(stored)))
+            self.types = {f.name: f.type for f in schema}
+        self.changed = False
+        self.rejected: dict[int, str] = {}  # of the last build: row index -> why its item fails
+
+    def dump(self) -> str:
+        schema = pa.schema([(name, kind) for name, kind in self.types.items()])
+        return base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+    def join(self, name: str, kind: pa.DataType) -> bool:
+        """Whether values of `kind` can go into field `name` (widening its type when they need it)."""
+        known = self.types.get(name)
+        if pa.types.is_null(kind) or known == kind:
+            return True
+        if known is None or pa.types.is_null(known):
+            self.types[name], self.changed = kind, True
+            return True
+        if _text_or_bytes(known) != _text_or_bytes(kind):
+            return False
+        try:
+            joined = pa.unify_schemas([pa.schema([(name, known)]), pa.schema([(name, kind)])],
+                                      promote_options="permissive").field(name).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            return False
+        if joined != known:
+            self.types[name], self.changed = joined, True
+        return True
+
+    def admit(self, name: str, column: Any, base: int) -> bool:
+        """Check a column of results (an Arrow array, or Python values Arrow could not put in one array): True
+        when it all joins; else the items of the values that do not are added to `rejected` (by row, from
+        `base`), one value at a time in order, so the outcome never depends on how results were grouped."""
+        if isinstance(column, pa.Array | pa.ChunkedArray):
+            if self.join(name, column.type):
+                return True
+            column = column.to_pylist()
+        for i, value in enumerate(column):
+            if value is None or base + i in self.rejected:
+                continue
+            try:
+                kind = pa.array([value]).type
+            except ARROW_ERRORS as exc:
+                self.rejected[base + i] = f"result field '{name}': {_short(value)} cannot be stored ({exc})"
+                continue
+            if not self.join(name, kind):
+                self.rejected[base + i] = (
+                    f"result field '{name}' is {type(value).__name__} {_short(value)} ({kind}) here, but "
+                    f"{self.types[name]} in earlier results: a field keeps one type for the whole run")
+        return False
+
+
+def _text_or_bytes(kind: pa.DataType) -> str:
+    """str and bytes never join (Arrow would turn the text into bytes)."""
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return "text"
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind):
+        return "bytes"
+    return "other"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -19,3 +19,13 @@ def supervised() -> bool:
 
 def variables() -> dict[str, str]:
     return dict(os.environ)
+
+
+SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+
+
+def secret_values() -> dict[str, str]:
+    """{name: value} of the variables whose name says they hold a secret (…KEY, …TOKEN, …SECRET, …PASSWORD):
+    redacted from error messages and tracebacks before they are stored (errors.install_redaction)."""
+    return {name: value for name, value in os.environ.items()
+            if value and any(word in name.upper() for word in SECRET_WORDS)}

@@ -9,13 +9,19 @@
     └── DiskFullError              no space left for a shard or the ledger; resumable once space is freed
 
 Beside the tree, the vocabulary every layer shares: `ExitCode` (the one place exit codes are defined),
-`ErrorKind` (the error types durabatch itself records for an item) and `ItemError` (why one item failed).
+`ErrorKind` (the error types durabatch itself records for an item) and `ItemError` (why one item failed), and
+the BaseExceptions durabatch raises inside the user's code: `ItemTimeout`, `ProcessExit`, `StopInterrupt`.
+
+Secrets: the edge installs the values of secret-looking environment variables (`install_redaction`); every
+`ItemError.from_exception` replaces them by their variable's name, so they never reach the ledger.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import traceback
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
@@ -40,6 +46,8 @@ class ErrorKind(StrEnum):
     QUARANTINED = "Quarantined"  # killed its worker or the runner K times running alone
     BAD_ROW = "BadRow"  # an input row that cannot be read or has no key
     BATCH_LENGTH = "BatchLengthError"  # a batch function returned the wrong number or shape of results
+    UNSTORABLE = "UnstorableResult"  # a result durabatch cannot store as it is (an object, a generator, a set)
+    PROCESS_EXIT = "ProcessExit"  # the function tried to end the process (os._exit)
 
 
 class DurabatchError(Exception):
@@ -87,9 +95,47 @@ class ItemError:
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ItemError:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        tb = redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         kinds = tuple(k.__name__ for k in type(exc).__mro__ if k not in (object, BaseException))
-        return cls(type(exc).__qualname__, str(exc)[:2000], tb[-8000:], kinds, _status(exc), _retry_after(exc))
+        if isinstance(exc, ItemTimeout):
+            kinds += ("TimeoutError",)  # retry rules written for the TimeoutError it used to derive from
+        message = redact(str(exc))[:2000]
+        return cls(type(exc).__qualname__, message, tb[-8000:], kinds, _status(exc), _retry_after(exc))
+
+
+# -- redaction of secrets ------------------------------------------------------------------------------------------
+_SECRETS: dict[str, str] = {}  # value -> the name of the environment variable that holds it
+MIN_SECRET = 6  # shorter values ("1", "true") are not worth mangling every message for
+
+
+def install_redaction(secrets: Mapping[str, str]) -> None:
+    """{variable name: value} of secrets (read by the edge: environment.secret_values()) to redact from now on."""
+    _SECRETS.clear()
+    for name, value in sorted(secrets.items(), key=lambda item: -len(item[1] or "")):  # longest first
+        if value and len(value) >= MIN_SECRET:
+            _SECRETS[value] = name
+
+
+def redaction() -> dict[str, str]:
+    """What is installed, as {name: value} (process workers get it with their work)."""
+    return {name: value for value, name in _SECRETS.items()}
+
+
+@contextlib.contextmanager
+def redacting(secrets: Mapping[str, str]) -> Iterator[None]:
+    previous = redaction()
+    install_redaction(secrets)
+    try:
+        yield
+    finally:
+        install_redaction(previous)
+
+
+def redact(text: str) -> str:
+    for value in _SECRETS:
+        if value in text:
+            text = text.replace(value, f"[redacted ${_SECRETS[value]}]")
+    return text
 
 
 def _status(exc: BaseException) -> int | None:
@@ -137,5 +183,15 @@ def _duration(text: str | None) -> float | None:
     return sum(float(n) * scale[u] for n, u in parts)
 
 
-class ItemTimeout(TimeoutError):
-    """An item took longer than --item-timeout."""
+class ItemTimeout(BaseException):
+    """An item took longer than --item-timeout. Raised inside the function's code, so not an Exception: an
+    `except Exception` around a hang must not turn it into a result."""
+
+
+class ProcessExit(BaseException):
+    """Raised where the function called os._exit(): ending the process is that item's failure, not the run's end."""
+
+
+class StopInterrupt(KeyboardInterrupt):
+    """A real second Ctrl-C / SIGTERM, raised inside the user's code by the stop flag (policies/stopping.py): the
+    only KeyboardInterrupt that stops a run. One the function raises itself is that item's failure."""

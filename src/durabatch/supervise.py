@@ -6,17 +6,19 @@ Exit codes pass through (0, 1, 2, 75); giving up on a crash loop or after --rest
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import environment
 from .core import quarantine
+from .engines.lifeline import die_with_parent
 from .policies.stopping import STOP_SIGNALS
-from .store.ledger import Ledger
+from .store.ledger import ItemState, Ledger
 from .store.rundir import RunDir
 
 EXIT_GAVE_UP = 70
@@ -44,6 +46,29 @@ def progress_mark(rd: RunDir) -> tuple | None:
         return ledger.progress_mark()
     finally:
         ledger.close()
+
+
+def unfinished(rd: RunDir) -> int | None:
+    """Items the ledger does not count as finished (done, failed, quarantined or interrupted); None when it cannot
+    say (no ledger, or a source of unknown length). A run's exit code 0 is believed only when this is 0."""
+    if not rd.ledger.exists():
+        return None
+    try:
+        ledger = Ledger.open_readonly(rd)
+    except Exception:  # noqa: BLE001 - a ledger killed while being created
+        return None
+    try:
+        total = ledger.get_meta("total")
+        finished = ledger.count_done() + sum(ledger.count_failures(state) for state in (
+            ItemState.FAILED, ItemState.QUARANTINED, ItemState.INTERRUPTED))
+    finally:
+        ledger.close()
+    return None if total is None else max(0, int(total) - finished)
+
+
+def _stops_with(supervisor: int) -> Callable[[], None]:
+    """In the child, between fork and exec: a SIGTERM (a warm stop) when the supervisor dies, even by SIGKILL."""
+    return lambda: die_with_parent(supervisor, signal.SIGTERM)
 
 
 class _Log:
@@ -78,13 +103,20 @@ def supervise(run_args: Sequence[str], run_dir: str, max_restarts: int | None = 
     try:
         while not forwarded:  # a stop signal between attempts ends supervision too
             before = progress_mark(rd)
-            child = subprocess.Popen(command, env=env, start_new_session=True)  # our signals reach it once
+            child = subprocess.Popen(command, env=env, start_new_session=True,  # our signals reach it once
+                                     preexec_fn=_stops_with(os.getpid()))
             log(f"attempt {restarts + 1}: started pid {child.pid}")
             code = child.wait()
             log(f"attempt {restarts + 1}: pid {child.pid} {describe_exit(code)}")
-            if code in NORMAL_EXITS or forwarded:
-                return code if code in NORMAL_EXITS else 75
-            quarantine.record_death(rd, describe_exit(code))
+            # Judged by the ledger, not the exit code: a function that ends the process can exit 0 mid-job.
+            left = unfinished(rd) if code == 0 else None
+            if left:
+                log(f"attempt {restarts + 1}: exit code 0, but the ledger says {left:,} item(s) are not finished: "
+                    "an abnormal end")
+            if (code in NORMAL_EXITS and not left) or forwarded:
+                return code if code in NORMAL_EXITS and not left else 75
+            quarantine.record_death(rd, "exited with code 0 before the job was finished" if left else
+                                    describe_exit(code))
             progressed = progress_mark(rd) != before
             stalls = 0 if progressed else stalls + 1
             if stalls >= stall_limit:

@@ -4,6 +4,7 @@ CLI flags with precedence CLI > env > file > defaults. Only the CLI layer reads 
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -31,6 +32,10 @@ class JobSettings(BaseModel):
                               "on each, and a record is committed once all its segments are done.")
     combine: str | None = Field(None, description="Fan in: package.module:fn(record, outputs) -> the record's result "
                                 "(default: {segments: outputs}).")
+    params: dict[str, Any] = Field(default_factory=dict, description="The function's own settings (model name, "
+                                   "temperature...), passed to it as keyword arguments: to a class's constructor, "
+                                   "or to its setup() when the constructor takes none, or to the function on every "
+                                   "call. Part of the job: a resume with other params is refused.")
     batch_size: int | None = Field(
         None, ge=1, description="Call fn with lists of up to N records (a batch function). Unset: one record."
     )
@@ -59,6 +64,9 @@ class JobSettings(BaseModel):
     retry_on: list[str] = Field(default_factory=list, description="Also retry these exception type names.")
     fatal_on: list[str] = Field(default_factory=list, description="Never retry these exception type names.")
     grace_seconds: float = Field(30.0, ge=0, description="On Ctrl-C/SIGTERM, how long in-flight work may finish.")
+    max_consecutive_failures: int = Field(50, ge=0, description="Stop (exit 1) after this many items in a row "
+                                          "failed with the same error and none succeeded: a typo or an expired "
+                                          "key fails fast (0: never stop).")
     item_timeout: float | None = Field(None, gt=0, description="Seconds an item may take: the processes engine "
                                        "kills and replaces the stuck worker; inline interrupts the call; threads "
                                        "cannot be stopped (use processes).")
@@ -98,6 +106,15 @@ class JobSettings(BaseModel):
         "auto", description="auto: a live bar on a terminal, a plain line every few seconds elsewhere."
     )
     log_every: float = Field(10.0, gt=0, description="Seconds between plain progress lines.")
+    batch_api: Literal["openai"] | None = Field(None, description="Send the items through the provider's Batch "
+                                                "API (half price, results within 24 h): fn(record) returns one "
+                                                "request body; needs --key (each request's custom_id).")
+    parse: str | None = Field(None, description="Batch API: package.module:fn(record, response) -> the item's "
+                              "result (default: the answer's text and the whole response as JSON).")
+    batch_requests: int | None = Field(None, ge=1, description="Batch API: at most N requests per batch (the "
+                                       "provider's limit otherwise).")
+    batch_poll: float = Field(60.0, gt=0, description="Batch API: longest wait between polls of the batches "
+                                "(seconds; polls back off up to it).")
 
     @field_validator("input", mode="before")
     @classmethod
@@ -115,6 +132,17 @@ class JobSettings(BaseModel):
             value = value.split(",")
         return [v.__name__ if isinstance(v, type) else v for v in value]
 
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params(cls, value: Any) -> Any:
+        """A mapping; or `key=value` texts (--param, DURABATCH_PARAMS="a=1,b=x"), each value read as JSON when it
+        is JSON (3, 0.5, true, null, "text", [1, 2]) and as text otherwise."""
+        if isinstance(value, str):
+            value = json.loads(value) if value.lstrip().startswith("{") else [v for v in value.split(",") if v]
+        if isinstance(value, list | tuple):
+            return dict(parse_param(v) for v in value)
+        return value
+
     @field_validator("run_dir", mode="before")
     @classmethod
     def _path(cls, value: Any) -> Any:
@@ -122,7 +150,20 @@ class JobSettings(BaseModel):
 
     def result_affecting(self) -> dict[str, Any]:
         """Settings that change what the output is; the rest (workers, progress...) may change on resume."""
-        return {"key": self.key, "output_format": self.output_format, "dedupe": self.dedupe}
+        call = "one record" if self.batch_size is None else f"batches of {self.batch_format}"
+        return {"key": self.key, "output_format": self.output_format, "dedupe": self.dedupe, "call": call}
+
+
+def parse_param(text: Any) -> tuple[str, Any]:
+    """'model=gpt-4o' -> ('model', 'gpt-4o'); 'n=3' -> ('n', 3): a value is JSON when it parses as JSON."""
+    name, sep, raw = str(text).partition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"param '{text}': expected key=value, like model=gpt-4o-mini")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return name.strip(), value
 
 
 FIELDS = tuple(JobSettings.model_fields)
@@ -187,6 +228,11 @@ def merge(*layers: tuple[str, Mapping[str, Any]]) -> JobSettings:
     origins: dict[str, str] = {}
     for origin, values in layers:
         for name, value in values.items():
+            if name == "params" and value is not None:  # params merge key by key: --param a=1 keeps the file's b
+                try:
+                    value = {**merged.get("params", {}), **JobSettings._params(value)}
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"params (from {origin}): {exc}") from None
             if value is not None:
                 merged[name] = value
                 origins[name] = origin

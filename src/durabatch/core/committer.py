@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from .. import intervals
+from ..columns import FieldTypes
 from ..errors import DiskFullError, DurabatchError
 from ..store import shards
 from ..store.ledger import Failure, Ledger
@@ -82,6 +83,8 @@ class Committer:
         self.fmt = fmt
         self.key_column = key_column
         self.run_id = run_id
+        self.job_id = ledger.job_id()  # in every shard's footer: a shard whose commit is lost can be adopted
+        self.fields = FieldTypes(ledger.get_meta("result_types"))  # one type per result field, run after run
         self.error: BaseException | None = None
         self._warned = False
         self.committed: deque[Committed] = deque()  # drained by the run loop for its observers
@@ -96,7 +99,7 @@ class Committer:
         if self.error is not None:
             return
         try:
-            pending.shard = encode(pending, self.fmt, self.key_column)
+            pending.shard = encode(pending, self.fmt, self.key_column, self.job_id, self.fields)
         except BaseException as exc:  # noqa: BLE001 - handed to the run loop, like a failed write
             self.error = exc
             return
@@ -134,19 +137,36 @@ class Committer:
         return done
 
 
-def encode(pending: Pending, fmt: str, key_column: str) -> Shard | None:
+def encode(pending: Pending, fmt: str, key_column: str, job_id: str | None = None,
+           fields: FieldTypes | None = None) -> Shard | None:
     """The shard's bytes, rows in source order; the Python objects are released."""
     if not pending.positions:
         return None
+    table = shards.build_table(key_column, pending.keys, pending.outputs, fields)
+    if fields is not None:
+        _apply_field_types(pending, fields)
+        if not pending.positions:
+            return None
     positions = pending.positions
-    table = shards.build_table(key_column, pending.keys, pending.outputs)
     if positions != sorted(positions):  # retries and parallel engines finish out of order
         order = sorted(range(len(positions)), key=positions.__getitem__)
         positions = [positions[i] for i in order]
         table = table.take(order)
     spans = intervals.from_sorted(positions)
     pending.keys, pending.outputs, pending._singles = [], [], None
-    return Shard(shards.serialize(table, fmt, spans), table.num_rows, spans)
+    return Shard(shards.serialize(table, fmt, spans, job_id), table.num_rows, spans)
+
+
+def _apply_field_types(pending: Pending, fields: FieldTypes) -> None:
+    """Items whose result could not join a field's type fail (RELIABILITY #19); newly fixed types are recorded
+    in the same ledger transaction as the shard."""
+    if fields.rejected:
+        for i, message in fields.rejected.items():
+            pending.failures.append(Failure(pending.positions[i], pending.keys[i], "ResultTypeError", message, "", 1))
+        pending.positions = [p for i, p in enumerate(pending.positions) if i not in fields.rejected]
+    if fields.changed:
+        pending.meta = {**(pending.meta or {}), "result_types": fields.dump()}
+        fields.changed = False
 
 
 def commit(ledger: Ledger, run_dir: RunDir, pending: Pending, fmt: str, key_column: str, run_id: int) -> Committed:

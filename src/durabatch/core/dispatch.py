@@ -15,7 +15,7 @@ from ..columns import ArrowRecords, join
 from ..engines import Batch
 from ..errors import InputError
 from ..sources import BadRow, Block, Source
-from ..sources.keys import missing_key
+from ..sources.keys import KeyKinds, bad_key, missing_key
 from .fanout import FanIn
 from .plan import Plan
 from .spec import Batching, Keys
@@ -38,6 +38,7 @@ class Dispatch:
         self._retries: list[tuple[float, int, bool, int, Any, dict]] = []
         self._held: tuple[int, Any, dict] | None = None  # a suspect waiting for the engine to be idle
         self._seen: dict[Any, str] | None = {} if plan.check_keys_in_stream else None
+        self._kinds = KeyKinds(keys.output_column)  # keys of two types are refused, naming both rows
         self._blocks = self._stream()
         self._block: Block = ([], [], [])  # the stream's current block, taken from `_offset` on
         self._offset = 0
@@ -47,7 +48,9 @@ class Dispatch:
 
     @property
     def finished(self) -> bool:
-        return self.source_done and not self._retries and self._held is None
+        fanin = self.fanin
+        return self.source_done and not self._retries and self._held is None and \
+            (fanin is None or not (fanin.open_documents or fanin.ready or fanin.failed))
 
     def next_retry_in(self) -> float | None:
         return max(0.0, self._retries[0][0] - self.clock()) if self._retries else None
@@ -63,14 +66,7 @@ class Dispatch:
         engine is idle (`idle`), so that a death during it can be pinned on its one item."""
         now = self.clock()
         if self._retries and self._retries[0][0] <= now:
-            _, attempt, solo, *_ = self._retries[0]
-            if solo and not idle:
-                return None
-            picked = [heapq.heappop(self._retries)]
-            while not solo and self._retries and len(picked) < self.chunk and self._retries[0][0] <= now \
-                    and self._retries[0][1] == attempt and not self._retries[0][2]:
-                picked.append(heapq.heappop(self._retries))
-            return self._batch([p[3:] for p in picked], attempt, solo)
+            return self._due_retries(now, idle)
         if self._held is not None:
             if not idle:
                 return None
@@ -79,6 +75,7 @@ class Dispatch:
         if self._error is not None:
             raise self._error
         if self.source_done:
+            self._close_lost_documents(idle)
             return None
         positions: list[int] = []
         keys: list[Any] = []
@@ -111,6 +108,23 @@ class Dispatch:
         if positions:
             return self._new_batch(positions, keys, join([p for p in pieces if len(p)]), 1, False)
         return self.next_batch(idle) if self._held is not None and idle else None
+
+    def _due_retries(self, now: float, idle: bool) -> Batch | None:
+        """Due retries of one attempt number together; a suspect alone, and only on an idle engine."""
+        _, attempt, solo, *_ = self._retries[0]
+        if solo and not idle:
+            return None
+        picked = [heapq.heappop(self._retries)]
+        while not solo and self._retries and len(picked) < self.chunk and self._retries[0][0] <= now \
+                and self._retries[0][1] == attempt and not self._retries[0][2]:
+            picked.append(heapq.heappop(self._retries))
+        return self._batch([p[3:] for p in picked], attempt, solo)
+
+    def _close_lost_documents(self, idle: bool) -> None:
+        """Nothing in flight or queued: no segment can come back, so an open document is failed (and committed
+        as such), never left out of a run that then says it finished."""
+        if idle and not self._retries and self.fanin is not None and self.fanin.open_documents:
+            self.fanin.close_open("the document's segments were lost")
 
     def _batch(self, items: list[tuple[int, Any, dict]], attempt: int, solo: bool) -> Batch:
         return self._new_batch([i[0] for i in items], [i[1] for i in items], [i[2] for i in items], attempt, solo)
@@ -148,7 +162,7 @@ class Dispatch:
 
     def _one_by_one(self, positions: list[int], lines: list, records: list) -> Iterator[Block]:
         plan, key, src, dedupe = self.plan, self.keys.column, self.source, self.keys.dedupe
-        seen = self._seen
+        seen, kinds = self._seen, self._kinds
         out: Block = ([], [], [])
         try:
             for pos, line, record in zip(positions, lines, records, strict=True):
@@ -156,13 +170,18 @@ class Dispatch:
                     self.on_bad_row(pos, record.where, record.message)
                     continue
                 if key is None:
-                    value = hashlib.blake2b(json.dumps(record, sort_keys=True, default=str).encode(),
-                                            digest_size=8).hexdigest()
+                    value = content_key(record)
+                    if value is None:
+                        self.on_bad_row(pos, src.where(line), "cannot hash this record for its key (nested too "
+                                        "deeply, or holding a value with no JSON form)")
+                        continue
                 else:
                     value = record.get(key)
-                    if value is None:
-                        self.on_bad_row(pos, src.where(line), missing_key(record, key))
+                    problem = missing_key(record, key) if value is None else bad_key(value, key)
+                    if problem is not None:
+                        self.on_bad_row(pos, src.where(line), problem)
                         continue
+                    kinds.check(value, src.where(line))
                 if plan.skip_keys is not None and str(value) in plan.skip_keys:
                     continue
                 if seen is not None:
@@ -182,3 +201,12 @@ class Dispatch:
             raise
         if out[0]:
             yield out
+
+
+def content_key(record: dict) -> str | None:
+    """A record's content hash (its key when no key column is named), or None when it has no JSON form."""
+    try:
+        text = json.dumps(record, sort_keys=True, default=str)
+    except (RecursionError, ValueError, TypeError):  # nested too deeply, circular, keys of mixed types
+        return None
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()

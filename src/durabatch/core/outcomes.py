@@ -16,12 +16,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from ..engines.base import Batch
 from ..errors import ErrorKind, ItemError
 from ..policies.retry import RetryPolicy
+from ..store.ledger import Failure, ItemState
 
 DEATHS = (ErrorKind.WORKER_DIED, ErrorKind.ITEM_TIMEOUT)
 INTERRUPTED = ("the run stopped while this item's call was in progress: it may or may not have taken effect. "
                "At-most-once mode never calls it again by itself; `durabatch retry-failed --interrupted` does.")
+ABANDONED = ("the run stopped and this item's call did not return (past the grace period, or on a second signal): "
+             "abandoned, it may or may not have taken effect")
 
 
 class Action(Enum):
@@ -80,3 +84,17 @@ def _one(error: ItemError | None, pos: int, attempt: int, rules: Rules, stopping
     if not stopping and rules.retry.should_retry(error, attempt):
         return Outcome(Action.RETRY, error, delay=rules.retry.delay(error, attempt))
     return Outcome(Action.FAILED, error)
+
+
+def abandoned(batches: Sequence[Batch], at_most_once: bool) -> tuple[list[Failure], str | None]:
+    """Batches whose calls did not return when the run stopped (past the grace period, or on a second signal):
+    their items are recorded as interrupted. At least once, the next run does them again (state pending); at most
+    once, they are never called again by themselves. Also the message for the user."""
+    state = ItemState.INTERRUPTED if at_most_once else ItemState.PENDING
+    items = {p: (k, b.attempt) for b in batches for p, k in zip(b.positions, b.keys, strict=True)}
+    failures = [Failure(p, k, ErrorKind.INTERRUPTED, ABANDONED, "", a, state) for p, (k, a) in items.items()]
+    if not failures:
+        return [], None
+    again = "never called again by itself (at-most-once)" if at_most_once else "the next run does them again"
+    return failures, (f"{len(failures)} item(s) in {len(batches)} batch(es) did not return before the stop: "
+                      f"recorded as interrupted; {again}")

@@ -12,7 +12,7 @@ from ..errors import ChangedJobError, InputError
 from ..intervals import From, Intervals
 from ..sources import Source
 from ..sources.keys import check_keys
-from ..store import shards
+from ..store import orphans, shards
 from ..store.ledger import Ledger
 from ..store.rundir import RunDir
 from .spec import Keys, Selection
@@ -60,13 +60,18 @@ def diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
             for name in sorted(old.keys() | new.keys()) if old.get(name) != new.get(name)]
 
 
+# Fingerprint fields added after run directories already existed: one stored without them cannot tell, so the
+# field is not held against a job resumed across the upgrade.
+ADDED_LATER = (("settings", "call"),)
+
+
 def check_fingerprint(ledger: Ledger, current: dict, allow_changed: bool) -> list[str]:
     """Store the fingerprint on a first run; on a resume refuse a different job, with a readable diff."""
     stored = ledger.get_meta("fingerprint")
     if stored is None:
         ledger.set_meta(fingerprint=current)
         return []
-    lines = diff(stored, current)
+    lines = diff(_with_later_fields(stored, current), current)
     if not lines:
         return []
     if ledger.count_done() == 0 and not ledger.failures():
@@ -84,11 +89,22 @@ def check_fingerprint(ledger: Ledger, current: dict, allow_changed: bool) -> lis
     return [f"resuming although the job changed (--allow-changed): {'; '.join(lines)}"]
 
 
+def _with_later_fields(stored: dict, current: dict) -> dict:
+    merged = {**stored}
+    for section, name in ADDED_LATER:
+        old, new = merged.get(section), current.get(section)
+        if isinstance(old, dict) and isinstance(new, dict) and name not in old and name in new:
+            merged[section] = {**old, name: new[name]}
+    return merged
+
+
 def make_plan(ledger: Ledger, run_dir: RunDir, source: Source, keys: Keys, selection: Selection) -> Plan:
     messages = []
-    removed = shards.remove_orphans(run_dir, ledger.shard_names())
-    if removed:
-        messages.append(f"removed {len(removed)} uncommitted shard file(s) left by an interrupted run")
+    settled = orphans.settle(run_dir, ledger)
+    if settled.adopted:
+        messages.append(f"kept {len(settled.adopted)} complete shard file(s) of this job whose ledger commit was lost")
+    if settled.removed:
+        messages.append(f"removed {len(settled.removed)} uncommitted shard file(s) left by an interrupted run")
     source_id = hashlib.blake2b(json.dumps(source.identity(), sort_keys=True).encode(), digest_size=12).hexdigest()
     checked = ledger.get_meta("checked") or {}
     skip_dupes: set[int] = set()

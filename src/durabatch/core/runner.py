@@ -7,47 +7,26 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from ..engines.base import BatchResult, Engine
+from ..engines.base import Batch, BatchResult, Engine
 from ..engines.user_fn import cleanup
 from ..errors import DurabatchError, ErrorKind, ExitCode, InputError
-from ..policies.stopping import StopFlag
+from ..policies.memory import MemoryWatch
+from ..policies.stopping import STOP_SIGNALS, StopFlag
 from ..store.ledger import Failure, ItemState, Ledger
 from ..store.rundir import RunDir
-from . import quarantine
+from . import quarantine, watchdog
 from .committer import Committer, Pending
 from .dispatch import Dispatch
 from .events import Observers, Stats
+from .failfast import REASON as FAILFAST
+from .failfast import FailFast
 from .journal import Journal
-from .outcomes import INTERRUPTED, Action, Outcome, Rules, decide
-from .plan import Plan, check_fingerprint, make_plan
+from .outcomes import INTERRUPTED, Action, Outcome, Rules, abandoned, decide
+from .plan import check_fingerprint, make_plan
 from .spec import Job
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    exit_code: int
-    total: int | None
-    already_done: int
-    done: int  # committed by this run
-    failed: int  # failed in this run
-    failed_total: int  # failures in the ledger for the whole job
-    stopped: str | None  # why the run stopped early, if it did
-    elapsed: float
-    run_dir: str
-
-    def __str__(self) -> str:
-        state = {ExitCode.DONE: "finished", ExitCode.FAILED: "finished with failed items",
-                 ExitCode.STOPPED: f"stopped early ({self.stopped})"}
-        text = (f"{state.get(self.exit_code, self.exit_code)}: {self.done:,} done in this run, "
-                f"{self.already_done:,} before, {self.failed_total:,} failed; {self.elapsed:.1f}s")
-        if self.exit_code == ExitCode.STOPPED:
-            text += f". Run the same command again to resume ({self.run_dir})."
-        elif self.failed_total:
-            text += f". See `durabatch export {self.run_dir} --failed --to failed.jsonl`."
-        return text
+from .summary import RunSummary, resume_message
 
 
 class _Interruptible:
@@ -73,22 +52,28 @@ class Run:
         self.engine: Engine = job.engine
         self.rules = Rules(job.retry, job.safety.at_most_once, job.safety.quarantine_after)
         self.observers = Observers(job.observers)
-        self.stop = StopFlag()
+        self.stop = StopFlag(grace=job.stop.grace_seconds)
+        self.failfast = FailFast(job.stop.max_consecutive_failures)
         self.pending = Pending()
         self.deadline = job.stop.deadline
         self._slowest = 0.0  # the longest batch lately: how early to stop before a deadline
         self._last_commit = time.monotonic()
         self._guilt: dict[int, int] = {}  # deaths of worker processes pinned on items in this run
         self._solo_in_flight = False
+        self._flying: dict[int, Batch] = {}  # submitted, not yet collected (an inline call may never return)
 
     # -- the whole run -----------------------------------------------------------------------------------------
     def execute(self) -> RunSummary:
         t0 = time.monotonic()
         # From here on a signal is a resumable stop, also while planning or while setup() loads a model.
         self.stop.install()
+        # Outside the process: ends it when a thread stuck in C code holding the GIL makes a stop impossible.
+        dog = watchdog.start(self.job.stop.grace_seconds, STOP_SIGNALS)
         try:
             return self._execute(t0)
         finally:
+            if dog is not None:
+                dog.close()
             self.stop.restore()
 
     def _execute(self, t0: float) -> RunSummary:
@@ -96,14 +81,14 @@ class Run:
         messages = check_fingerprint(self.ledger, job.fingerprint, job.safety.allow_changed)
         self.rd.write_job({"settings": job.description, "fingerprint": job.fingerprint})
         run_id = self.ledger.start_run(0)
-        suspects, notes = self._review(run_id)
+        suspects, notes = _review(job, self.ledger, self.rd, run_id)
         plan = self.plan = make_plan(self.ledger, self.rd, job.source, job.keys, job.selection)
         self.stats = Stats(total=plan.total, already_done=plan.already_done + plan.already_failed,
                            source=job.source.describe(), run_dir=str(self.rd.path),
                            key_mode=f"column '{job.keys.column}'" if job.keys.column else "content hash")
         self.ledger.set_meta(total=plan.total, range=[plan.lo, plan.hi])
         self.observers.on_start(self.stats)
-        for message in messages + notes + plan.messages + _resume_message(plan):
+        for message in messages + notes + plan.messages + resume_message(plan):
             self.observers.on_message(message)
         stopped, error = None, None
         if self.stop.requested and not plan.nothing_to_do:
@@ -113,27 +98,14 @@ class Run:
         self.stats.elapsed = time.monotonic() - t0
         failed_total = sum(self.ledger.count_failures(s)
                            for s in (ItemState.FAILED, ItemState.QUARANTINED, ItemState.INTERRUPTED))
-        code = ExitCode.USAGE if error else ExitCode.STOPPED if stopped else \
-            ExitCode.FAILED if failed_total else ExitCode.DONE
+        code = ExitCode.USAGE if error else ExitCode.FAILED if stopped == FAILFAST else \
+            ExitCode.STOPPED if stopped else ExitCode.FAILED if failed_total else ExitCode.DONE
         self.ledger.end_run(run_id, code, self.stats.done, self.stats.failed)
         self.observers.on_end(self.stats, code, stopped or (str(error) if error else None))
         if error is not None:
             raise error
         return RunSummary(code, plan.total, self.stats.already_done, self.stats.done, self.stats.failed,
                           failed_total, stopped, self.stats.elapsed, str(self.rd.path))
-
-    def _review(self, run_id: int) -> tuple[set[int], list[str]]:
-        """What the last run's death left: suspects to run alone (or, at most once, interrupted items)."""
-        if self.job.safety.at_most_once:
-            lost = quarantine.interrupted(self.ledger, self.rd, run_id)
-            return set(), [f"{len(lost)} item(s) were interrupted mid-call by the last run's end and will not be "
-                           "called again (at-most-once); see `durabatch export --failed`"] if lost else []
-        review = quarantine.review(self.ledger, self.rd, self.job.safety.quarantine_after, run_id)
-        notes = [f"quarantined {f.key!r} (position {f.pos}): {f.message}" for f in review.quarantined]
-        if review.suspects:
-            notes.append(f"{len(review.suspects)} item(s) were in flight when the last run died: "
-                         "running them one at a time")
-        return review.suspects, notes
 
     def _work(self, run_id: int, t0: float, suspects: set[int]) -> tuple[str | None, BaseException | None]:
         job, engine = self.job, self.engine
@@ -165,6 +137,7 @@ class Run:
                 self.stop.request("SIGINT")
             cancel = self._drain(engine, t0)
         finally:
+            self._abandon(engine)
             engine.close(cancel=cancel)
             self._commit_now()
             try:
@@ -188,13 +161,15 @@ class Run:
         dispatch = self.dispatch
         last_notice = 0.0
         while not self.stop.requested:
-            paused = self._memory_over() and engine.in_flight() > 0  # never wait on nothing: go on one at a time
+            # Never wait on nothing: with nothing in flight, go on one batch at a time.
+            paused = _memory_over(self.job.memory, self.observers) and engine.in_flight() > 0
             while engine.in_flight() < engine.slots and not self._solo_in_flight and not paused:
                 batch = dispatch.next_batch(idle=engine.in_flight() == 0)
                 if batch is None:
                     break
                 self.journal.dispatched(batch, batch.solo)
                 self._solo_in_flight = batch.solo and not engine.pins_deaths
+                self._flying[batch.id] = batch
                 with self._interruptible():
                     engine.submit(batch)
             if dispatch.finished and not engine.in_flight():
@@ -222,16 +197,6 @@ class Run:
         """Time to finish what is in flight and commit: twice the slowest recent batch, at least a second."""
         return max(1.0, 2 * self._slowest) + 0.5
 
-    def _memory_over(self) -> bool:
-        memory = self.job.memory
-        if memory is None:
-            return False
-        for message in memory.check():
-            self.observers.on_message(message)
-            if memory.over:
-                cleanup()
-        return memory.over
-
     def _interruptible(self) -> _Interruptible:
         return _Interruptible(self.stop)
 
@@ -254,6 +219,21 @@ class Run:
             self._notify(engine, t0)
         return engine.in_flight() > 0
 
+    def _abandon(self, engine: Engine) -> None:
+        """Calls that did not return (past the grace period, or on a second signal) are recorded as interrupted.
+        At least once, the next run does them again (state pending); at most once, never by itself."""
+        try:
+            for result in engine.poll(0):  # what came back meanwhile, and what never started
+                self._collect(result)
+        except Exception:  # noqa: BLE001 - stopping: whatever is not collected is recorded below
+            pass
+        failures, message = abandoned(list(self._flying.values()), self.job.safety.at_most_once)
+        self._flying.clear()
+        self.pending.failures.extend(failures)
+        self.stats.failed += sum(f.state is ItemState.INTERRUPTED for f in failures)
+        if message:
+            self.observers.on_message(message)
+
     def _bad_row(self, pos: int, where: str, message: str) -> None:
         if not self.job.keys.skip_bad_rows:
             raise InputError(f"{where}: {message}. Fix the row, or pass --skip-bad-rows to record it as a failure.")
@@ -264,6 +244,7 @@ class Run:
     def _collect(self, result: BatchResult) -> None:
         batch = result.batch
         self.journal.finished(batch)
+        self._flying.pop(batch.id, None)
         if result.note:
             self.observers.on_message(result.note)
         if batch.solo:
@@ -271,6 +252,7 @@ class Run:
         if not result.errors and self.job.fanin is None:  # the hot path: a whole batch's results as one piece
             self.pending.extend(batch.positions, batch.keys, result.outputs)
             self.stats.done += len(batch.positions)
+            self.failfast.succeeded()
         else:
             outcomes = decide(result.errors, batch.positions, batch.attempt, self.rules, self.stop.requested,
                               self._guilt)
@@ -295,6 +277,9 @@ class Run:
             self.dispatch.run_alone(pos, key, record, attempt)
         elif action is Action.FAILED:
             self._finally_failed(record, Failure(pos, key, error.error_type, error.message, error.traceback, attempt))
+            if self.failfast.failed(error.error_type, error.message):
+                self.observers.on_message(self.failfast.tripped or "")
+                self.stop.request(FAILFAST)
         elif action is Action.QUARANTINED:
             self._finally_failed(record, quarantine.worker_death_failure(pos, key, outcome.guilt, error.message))
             self.observers.on_message(f"quarantined {key!r}: {error.message} ({outcome.guilt} times)")
@@ -305,6 +290,7 @@ class Run:
         # Action.REDO: nothing to record; the next run does the item
 
     def _succeeded(self, record: dict, pos: int, key: Any, output: Any) -> None:
+        self.failfast.succeeded()
         if self.job.fanin is not None:
             self.job.fanin.done(record, output)  # a segment: its document completes when the last one does
             return
@@ -320,16 +306,12 @@ class Run:
 
     def _drain_fanin(self) -> None:
         """Documents whose last segment came back (or that failed) join the pending commit."""
-        fanin = self.job.fanin
-        if fanin is None or not (fanin.ready or fanin.failed):
-            return
-        for pos, key, output in fanin.ready:
-            self.pending.add(pos, key, output)
-        self.stats.done += len(fanin.ready)
-        self.pending.failures.extend(fanin.failed)
-        self.stats.failed += len(fanin.failed)
-        fanin.ready.clear()
-        fanin.failed.clear()
+        if self.job.fanin is not None and (self.job.fanin.ready or self.job.fanin.failed):
+            ready, failed = self.job.fanin.take_finished()
+            for pos, key, output in ready:
+                self.pending.add(pos, key, output)
+            self.pending.failures.extend(failed)
+            self.stats.done, self.stats.failed = self.stats.done + len(ready), self.stats.failed + len(failed)
 
     # -- commits and events ------------------------------------------------------------------------------------
     def _maybe_commit(self) -> None:
@@ -367,12 +349,26 @@ class Run:
         self.observers.on_progress(self.stats)
 
 
-def _resume_message(plan: Plan) -> list[str]:
-    if plan.nothing_to_do:
-        return [f"nothing to do: all {plan.total:,} items are already finished "
-                f"({plan.already_failed:,} of them failed)"]
-    if plan.already_done or plan.already_failed:
-        return [f"resuming: {plan.already_done:,} items already done, {plan.already_failed:,} failed earlier, "
-                f"{plan.total - plan.already_done - plan.already_failed:,} to go" if plan.total is not None
-                else f"resuming: {plan.already_done:,} items already done"]
-    return []
+def _memory_over(memory: MemoryWatch | None, observers: Observers) -> bool:
+    """Above the memory limit: dispatch pauses (after a cleanup) until it falls."""
+    if memory is None:
+        return False
+    for message in memory.check():
+        observers.on_message(message)
+        if memory.over:
+            cleanup()
+    return memory.over
+
+
+def _review(job: Job, ledger: Ledger, rd: RunDir, run_id: int) -> tuple[set[int], list[str]]:
+    """What the last run's death left: suspects to run alone (or, at most once, interrupted items)."""
+    if job.safety.at_most_once:
+        lost = quarantine.interrupted(ledger, rd, run_id)
+        return set(), [f"{len(lost)} item(s) were interrupted mid-call by the last run's end and will not be "
+                       "called again (at-most-once); see `durabatch export --failed`"] if lost else []
+    review = quarantine.review(ledger, rd, job.safety.quarantine_after, run_id)
+    notes = [f"quarantined {f.key!r} (position {f.pos}): {f.message}" for f in review.quarantined]
+    if review.suspects:
+        notes.append(f"{len(review.suspects)} item(s) were in flight when the last run died: "
+                     "running them one at a time")
+    return review.suspects, notes

@@ -57,6 +57,7 @@ class CommitPolicy:
 class StopPolicy:
     grace_seconds: float = 30.0  # how long in-flight work may finish after a stop request
     deadline: tuple[float, str] | None = None  # (epoch seconds, where it came from), resolved by the edge
+    max_consecutive_failures: int = 50  # final failures of one error type, none succeeding, that stop (0: never)
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ import warnings
 from typing import Any
 
 from ..errors import ConfigError, ErrorKind, ItemError
-from ..policies.limits import Limits, is_rate_limited
+from ..policies.limits import Limits
+from . import storable
 from .base import NOT_STARTED, Batch, BatchResult, drain
-from .user_fn import Work
-
-_PAUSED, _RETRY = object(), object()
+from .rate_limited import LimitedCall
+from .user_fn import Work, guarded, timed_out
 
 
 class _Gate:
@@ -89,57 +89,48 @@ class AsyncEngine:
         self._done.put(BatchResult(batch, outputs, errors, time.perf_counter() - t0))
 
     async def _run_item(self, record: dict) -> tuple[Any, ItemError | None]:
-        limiter = self.limits.for_record(record)
-        estimate = self.limits.estimate(record)
+        limited = LimitedCall(self.limits, record)
         while True:
-            wait = limiter.wait_time(estimate)  # before taking a slot: waiting never holds one
+            wait = limited.wait()  # before taking a slot: waiting never holds one
             if wait > 0:
                 await asyncio.sleep(wait)
             if self._stopping:
                 return None, NOT_STARTED
             async with self.gate:
-                pause = limiter.pause_left()  # a 429 may have come in while this task waited for a slot
+                pause = limited.pause_left()  # a 429 may have come in while this task waited for a slot
                 if self._stopping:
-                    output = NOT_STARTED
-                elif pause > 0:
-                    output = _PAUSED
-                else:
-                    output = await self._call(record, limiter)
-            if output is _PAUSED:
+                    return None, NOT_STARTED
+                if pause <= 0:
+                    if not limited.start():
+                        self._stopping = True  # a budget would be passed: the runner sees it and stops
+                        return None, NOT_STARTED
+                    output, error = await self._call(record)
+            if pause > 0:
                 await asyncio.sleep(pause)
-                continue
-            if output is _RETRY:
-                continue
-            if isinstance(output, ItemError):
-                return None, output
-            usage = self.limits.usage_of(output)
-            limiter.used(estimate, usage)
-            limiter.on_success()
-            self.gate.win()
-            self.limits.metrics.finished(usage)
-            return output, None
+            elif limited.finish(output, error):
+                self.gate.cut()  # a 429: fewer calls at once, then the same call again
+            else:
+                if error is None:
+                    self.gate.win()
+                return output, error
 
-    async def _call(self, record: dict, limiter: Any) -> Any:
-        """The call itself: its output, an ItemError, or _RETRY after a 429 (never an item failure)."""
-        if not self.limits.metrics.try_start(self.limits.estimate(record)):
-            self._stopping = True  # a budget would be passed: the runner sees it and stops
-            return NOT_STARTED
-        try:
-            coroutine = self.work.call(record)
-            return await (asyncio.wait_for(coroutine, self.item_timeout) if self.item_timeout else coroutine)
-        except TimeoutError:
-            self.limits.metrics.finished(None)
-            return ItemError(ErrorKind.ITEM_TIMEOUT, f"no result after {self.item_timeout:g}s (--item-timeout); "
-                             "the call was cancelled", "", (ErrorKind.ITEM_TIMEOUT, "TimeoutError"))
-        except Exception as exc:  # noqa: BLE001 - becomes the item's error
-            error = ItemError.from_exception(exc)
-            self.limits.metrics.finished(None)
-            if is_rate_limited(error):
-                limiter.on_rate_limited(error.retry_after if error.retry_after is not None else 1.0)
-                self.limits.metrics.rate_limited += 1
-                self.gate.cut()
-                return _RETRY  # a 429 never fails an item: wait as told, then try again
-            return error
+    async def _call(self, record: dict) -> tuple[Any, ItemError | None]:
+        """The call itself, within --item-timeout: (output, None) or (None, its error). Whatever the function
+        raises is its error (or a 429 to wait out); a result past the deadline or that cannot be stored is void."""
+        if not self.item_timeout:
+            output, error = await guarded(self.work.call, record)
+        else:
+            t0 = time.monotonic()
+            try:
+                output, error = await asyncio.wait_for(guarded(self.work.call, record), self.item_timeout)
+            except TimeoutError:
+                return None, ItemError(ErrorKind.ITEM_TIMEOUT, f"no result after {self.item_timeout:g}s "
+                                       "(--item-timeout); the call was cancelled", "", ("ItemTimeout", "TimeoutError"))
+            if error is None and time.monotonic() - t0 > self.item_timeout:
+                return None, timed_out(self.item_timeout, late=True)  # it swallowed the cancellation
+        if error is None and (problem := storable.problem(output)) is not None:
+            return None, storable.unstorable(problem)
+        return output, error
 
     def stop_starting(self) -> None:
         """A stop was asked for (budget, deadline, signal): calls not yet started never start; those items come

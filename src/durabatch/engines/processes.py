@@ -11,14 +11,17 @@ import os
 import pickle
 import signal
 import time
+from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 
 from ..errors import ConfigError, ErrorKind, ItemError
 from .base import Batch, BatchResult
+from .lifeline import die_with_parent
 from .user_fn import Work
 
 
 def _worker_main(conn: Connection, work_bytes: bytes, item_timeout: float | None) -> None:
+    _die_with_runner()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
@@ -45,9 +48,26 @@ def _worker_main(conn: Connection, work_bytes: bytes, item_timeout: float | None
             outputs, errors = [None] * len(records), dict.fromkeys(range(len(records)), error)
         try:
             conn.send(("done", (outputs, errors, time.perf_counter() - t0, work.take_note())))
-        except Exception as exc:  # noqa: BLE001 - e.g. an output that cannot be pickled
-            error = ItemError.from_exception(exc)
-            conn.send(("done", ([None] * len(records), dict.fromkeys(range(len(records)), error), 0.0, None)))
+        except Exception:  # noqa: BLE001 - an output that cannot be pickled: that item's failure alone
+            outputs, errors = _picklable(outputs, errors)
+            conn.send(("done", (outputs, errors, time.perf_counter() - t0, work.take_note())))
+
+
+def _picklable(outputs: Sequence, errors: dict[int, ItemError]) -> tuple[list, dict[int, ItemError]]:
+    """Outputs that cannot cross the pipe become their items' errors (rare: results are checked storable)."""
+    outputs, errors = list(outputs), dict(errors)
+    for i, output in enumerate(outputs):
+        try:
+            pickle.dumps(output)
+        except Exception as exc:  # noqa: BLE001
+            outputs[i], errors[i] = None, ItemError.from_exception(exc)
+    return outputs, errors
+
+
+def _die_with_runner() -> None:
+    """A worker stuck in a call must not outlive a runner that was SIGKILLed (it would never read the EOF)."""
+    runner = mp.parent_process()
+    die_with_parent(runner.pid if runner is not None and runner.pid else os.getppid())
 
 
 class _Worker:

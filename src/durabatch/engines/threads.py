@@ -1,7 +1,8 @@
 """A pool of daemon threads, each with its own prepared copy of the work (its own model, client...).
 
-Daemon threads, so that a second Ctrl-C can leave a stuck call behind and exit. A thread cannot be killed:
-for per-item timeouts on stuck synchronous code, use the processes engine."""
+Daemon threads, so that a stop can leave a stuck call behind (after the grace period, or on a second Ctrl-C) and
+exit. A thread cannot be killed: for per-item timeouts on stuck synchronous code, use the processes engine. Code
+that holds the GIL while stuck (a catastrophic regex) freezes the whole process; core/watchdog.py ends it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import threading
 import time
 
 from ..errors import ItemError
-from ..policies.limits import Limits, is_rate_limited
+from ..policies.limits import Limits
 from .base import NOT_STARTED, Batch, BatchResult, drain
+from .rate_limited import call_sync
 from .user_fn import Work
 
 
@@ -63,31 +65,14 @@ class ThreadEngine:
             self._done.put(BatchResult(batch, outputs, errors, time.perf_counter() - t0, work.take_note()))
 
     def _limited(self, work: Work, records: list[dict]) -> tuple[list, dict]:
-        """Sync API calls under the same limits as the asyncio engine: wait for the bucket, retry 429s."""
+        """Sync API calls under the same limits as the asyncio engine (engines/rate_limited.py)."""
         assert self.limits is not None
         outputs: list = [None] * len(records)
         errors: dict = {}
         for i, record in enumerate(records):
-            while True:
-                limiter, estimate = self.limits.wait_sync(record)
-                if not self.limits.metrics.try_start(estimate):
-                    outputs[i], errors[i] = None, NOT_STARTED
-                    break
-                out, errs = work.execute([record])
-                if errs and is_rate_limited(errs[0]):
-                    self.limits.metrics.finished(None)
-                    self.limits.metrics.rate_limited += 1
-                    limiter.on_rate_limited(errs[0].retry_after if errs[0].retry_after is not None else 1.0)
-                    continue
-                usage = self.limits.usage_of(out[0]) if not errs else None
-                limiter.used(estimate, usage)
-                if not errs:
-                    limiter.on_success()
-                self.limits.metrics.finished(usage)
-                outputs[i] = out[0]
-                if errs:
-                    errors[i] = errs[0]
-                break
+            outputs[i], error = call_sync(self.limits, record, lambda r=record: _one(work, r))
+            if error is not None:
+                errors[i] = error
         return outputs, errors
 
     def submit(self, batch: Batch) -> None:
@@ -103,7 +88,17 @@ class ThreadEngine:
         return self._in_flight
 
     def stop_starting(self) -> None:
-        pass  # a batch handed over is running or about to: nothing to hold back
+        """Batches queued behind the running ones never start: they come back as NotStarted."""
+        while True:
+            try:
+                batch = self._todo.get_nowait()
+            except queue.Empty:
+                return
+            if batch is None:  # closing already: leave the worker's stop sign in place
+                self._todo.put(None)
+                return
+            n = len(batch.records)
+            self._done.put(BatchResult(batch, [None] * n, dict.fromkeys(range(n), NOT_STARTED), 0.0))
 
     def close(self, cancel: bool = False) -> None:
         for _ in self._threads:
@@ -111,3 +106,8 @@ class ThreadEngine:
         if not cancel:
             for t in self._threads:
                 t.join()
+
+
+def _one(work: Work, record: dict) -> tuple[object, ItemError | None]:
+    outputs, errors = work.execute([record])
+    return outputs[0], errors.get(0)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LedgerError
+from ..loops.writer_process import METRICS, checkpoint_dir, read_meta
 from ..store.ledger import ItemState, Ledger
 from ..store.rundir import RunDir, lock_holder
 from . import format_duration
@@ -38,8 +39,8 @@ def collect(run_dir: str | os.PathLike) -> dict[str, Any]:
     rd = RunDir(run_dir)
     if rd.ledger.exists():
         data = _collect_map(rd)
-    elif (rd.path / "checkpoints").is_dir():
-        data = _collect_loop(rd.path / "checkpoints")
+    elif checkpoint_dir(rd.path).is_dir():
+        data = _collect_loop(checkpoint_dir(rd.path))
     elif rd.path.is_dir():
         raise LedgerError(f"{rd.path}: not a durabatch run directory (no ledger.sqlite, no checkpoints/)")
     else:
@@ -106,7 +107,7 @@ def _rate(times: list[float], rows: list[int], t0: float | None) -> dict[str, li
 
 
 def _collect_loop(ckpt_dir: Path) -> dict[str, Any]:
-    records = [r for r in read_metrics(ckpt_dir / "metrics.jsonl") if r.get("reason") != "preflight"]
+    records = [r for r in read_metrics(ckpt_dir / METRICS) if r.get("reason") != "preflight"]
     t0 = records[0]["time"] - records[0]["elapsed"] if records else None
     by_step = {r["step"]: r for r in records}  # a step saved again after a resume: the later record wins
     metrics: dict[str, dict[str, list]] = {}
@@ -134,7 +135,7 @@ def _kept(ckpt_dir: Path) -> list[dict[str, Any]]:
     kept = []
     for path in ckpt_dir.glob("step-*"):
         try:
-            meta = json.loads((path / "meta.json").read_text())
+            meta = read_meta(path)
         except (OSError, ValueError):
             continue  # pruned, or not whole yet, while we look
         kept.append({"name": path.name, **{k: meta.get(k) for k in ("step", "reason", "time", "elapsed", "metrics")}})

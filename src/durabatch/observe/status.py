@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..loops.writer_process import METRICS, checkpoint_dir, complete_checkpoints
+from ..store import batch_chunks
 from ..store.ledger import ItemState, Ledger
 from ..store.rundir import RunDir, lock_holder
 from . import format_duration
@@ -16,11 +18,11 @@ from . import format_duration
 
 def loop_status(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """A training loop's run directory (checkpoints, no ledger): the latest checkpoints and their metrics."""
-    metrics = Path(run_dir) / "checkpoints" / "metrics.jsonl"
-    if not metrics.exists():
+    directory = checkpoint_dir(Path(run_dir))
+    if not (directory / METRICS).exists():
         return None
-    records = read_metrics(metrics)
-    kept = sorted(p.name for p in metrics.parent.glob("step-*") if (p / "meta.json").exists())
+    records = read_metrics(directory / METRICS)
+    kept = sorted(p.name for p in reversed(complete_checkpoints(directory)))
     return {"run_dir": str(run_dir), "kind": "loop", "checkpoints": kept, "latest": records[-1] if records else None,
             "history": records[-20:]}
 
@@ -54,6 +56,7 @@ def status(run_dir: str | os.PathLike) -> dict[str, Any]:
         recent = ledger.recent_commits(120)
         n_shards, n_bytes, last_commit = ledger.shard_totals()
         quarantined_items = ledger.failures((ItemState.QUARANTINED,)) if quarantined else []
+        batches = batch_chunks.summary(ledger)  # Batch-API jobs: each batch's state and counts
     finally:
         ledger.close()
     pid = lock_holder(rd)
@@ -81,6 +84,7 @@ def status(run_dir: str | os.PathLike) -> dict[str, Any]:
         "runs": len(runs),
         "last_run": {k: last.get(k) for k in ("pid", "started_at", "ended_at", "exit_code", "done", "failed")},
         "api": api,
+        "batches": batches,
         "quarantined_items": [{"key": q["key"], "reason": q["message"]} for q in quarantined_items],
     }
 
@@ -124,6 +128,7 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"api:       {api['requests']:,} requests, {api['requests_per_min']:,.0f}/min lately, "
                      f"{api['rate_limited']:,} answered 429, {api.get('retries', 0):,} retries, "
                      f"{api['tokens']:,} tokens, cost {api['cost']:.4f}")
+    lines.extend(_batch_lines(info.get("batches") or []))
     if info["last_commit_at"]:
         ago = time.time() - info["last_commit_at"]
         lines.append(f"last commit: {format_duration(ago)} ago")
@@ -133,6 +138,19 @@ def render(info: dict[str, Any]) -> str:
         ended = f", exit {last['exit_code']}" if last.get("exit_code") is not None else ""
         lines.append(f"runs:      {info['runs']} (last started {started}{ended})")
     return "\n".join(lines)
+
+
+def _batch_lines(batches: list[dict[str, Any]]) -> list[str]:
+    live = [b for b in batches if b["state"] != "done"]
+    if not batches:
+        return []
+    lines = [f"batches:   {len(batches):,} ({len(live):,} live), estimated cost "
+             f"{sum(b['est_cost'] for b in batches):.4f}"]
+    for b in (live or batches)[:20]:
+        c = b["counts"] or {}
+        lines.append(f"  #{b['seq']} {b['batch_id'] or '(not created)'}: {b['state']}, {b['batch_status'] or '-'}, "
+                     f"{c.get('completed', 0):,}/{c.get('total', b['items']):,} done, {c.get('failed', 0):,} failed")
+    return lines
 
 
 def as_json(info: dict[str, Any]) -> str:

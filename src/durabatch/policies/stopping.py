@@ -12,20 +12,26 @@ from collections.abc import Callable
 from datetime import datetime
 from types import FrameType
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StopInterrupt
 
 # SIGUSR1 is Slurm's warning signal (--signal=USR1@120): the same graceful path as SIGTERM.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 class StopFlag:
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    """grace: seconds after the first stop signal at which the stop turns cold by itself, as if a second signal
+    came (None: never). Then code running in the main thread (the inline engine's call) is interrupted."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, grace: float | None = None):
         self.clock = clock
+        self.grace = grace
         self.reason: str | None = None
         self.requested_at: float | None = None
         self.urgent = False
         self._previous: dict[int, object] = {}
         self.interrupt_on_urgent = False  # inline engine: a second signal interrupts the user's code
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
 
     def request(self, reason: str) -> None:
         if self.reason is None:
@@ -41,7 +47,21 @@ class StopFlag:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.request(signal.Signals(signum).name)
         if self.urgent and self.interrupt_on_urgent:
-            raise KeyboardInterrupt
+            raise StopInterrupt  # a KeyboardInterrupt the function raises itself is only its item's failure
+        if self.grace is not None and self._timer is None and self._previous:
+            self._timer = threading.Timer(self.grace, self._grace_over)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _grace_over(self) -> None:
+        """The grace period ended: a cold stop. A call in the main thread (blocked in C code that releases the GIL,
+        e.g. a sleep or a socket read) is woken by a signal aimed at that thread, whose handler interrupts it."""
+        with self._lock:
+            if not self._previous or self.urgent:
+                return  # the run already ended, or a second signal came
+            self.urgent = True
+            if self.interrupt_on_urgent:
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
     def install(self) -> None:
         """Install handlers (main thread only; elsewhere Python does not allow it and stopping is the caller's)."""
@@ -51,9 +71,12 @@ class StopFlag:
             self._previous[sig] = signal.signal(sig, self._on_signal)
 
     def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
-        self._previous.clear()
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)  # type: ignore[arg-type]
+            self._previous.clear()
 
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}

@@ -19,7 +19,7 @@ from ..columns import ArrowRecords
 from ..errors import ConfigError, InputError
 from ..intervals import select
 from .base import BadRow, Block, Source, Wanted
-from .jsonl import jsonl_blocks
+from .jsonl import jsonl_blocks, line_blocks, nests_deeply
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
            ".parquet": "parquet", ".pq": "parquet"}
@@ -52,8 +52,9 @@ class FileSource:
             chunks = list(self.key_batches(key))
         except Exception:  # noqa: BLE001 - any trouble: the streaming pass checks row by row and names the row
             return None
-        if len({c.type for c in chunks}) > 1:  # e.g. ints in one file, strings in another: compare as text
-            chunks = [c.cast(pa.string()) for c in chunks]
+        chunks = [_widened(c) for c in chunks]
+        if len({c.type for c in chunks}) > 1:  # e.g. ints in one file, strings in another: the exact pass names them
+            return None
         return pa.chunked_array(chunks, type=chunks[0].type if chunks else pa.string())
 
     def blocks(self, wanted: Wanted, end: int | None, columnar: bool = False) -> Iterator[Block]:
@@ -286,10 +287,21 @@ def _arrow_key_batches(path: str, key: str) -> Iterator[pa.Array]:
         raise ValueError("key is neither an integer nor a string")
     schema = pa.schema([(key, key_type)])
     options = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-    # Threads: nothing else runs while the keys are checked, and Arrow parses without the GIL.
-    for batch in pjson.open_json(path, read_options=pjson.ReadOptions(use_threads=True, block_size=1 << 18),
-                                 parse_options=options):
-        yield batch.column(0)
+    with open(path, "rb") as f:
+        for block in line_blocks(f, 1 << 20):
+            if nests_deeply(block):  # Arrow's parser would overflow the C stack: the exact pass names the line
+                raise ValueError("a line nests too deeply for Arrow")
+            # Threads: nothing else runs while the keys are checked, and Arrow parses without the GIL.
+            table = pjson.read_json(pa.py_buffer(block), read_options=pjson.ReadOptions(
+                use_threads=True, block_size=1 << 18), parse_options=options)
+            yield from table.column(0).chunks
+
+
+def _widened(keys: pa.Array) -> pa.Array:
+    """Integer keys as int64 and text as string, so that files typed differently by Arrow still compare."""
+    if pa.types.is_integer(keys.type) and keys.type != pa.int64():
+        return keys.cast(pa.int64())
+    return keys.cast(pa.string()) if pa.types.is_large_string(keys.type) else keys
 
 
 def _csv_rows(path: str, pos: int, wanted: Wanted, end: int | None) -> Generator:
@@ -298,7 +310,7 @@ def _csv_rows(path: str, pos: int, wanted: Wanted, end: int | None) -> Generator
     def text_lines(f: Iterable[bytes]) -> Iterator[str]:
         for lineno, raw in enumerate(f, 1):
             try:
-                yield raw.decode("utf-8")
+                yield raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a BOM is not part of the header
             except UnicodeDecodeError:
                 not_utf8.add(lineno)
                 yield raw.decode("utf-8", "replace")

@@ -21,8 +21,8 @@ from .base import Block
 
 BLOCK = 1 << 18  # bytes parsed at a time: ~10k short records, ~3 MB of Python objects at most
 GIVE_UP = 3  # blocks Arrow could not read faithfully before the rest of the file goes the Python way
-
-
+DEEP = 3000  # a line with more opening brackets than this is never given to Arrow's JSON parser (whose
+# recursion overflows the C stack, a segfault, somewhere past 5,000 levels); Python names it as a bad row
 
 
 def jsonl_blocks(path: str, pos: int, wanted: Callable[[int], bool], end: int | None, bad: Callable[[str, str], Any],
@@ -136,6 +136,8 @@ def arrow_table(block: bytes, lines: int) -> pa.Table | None:
     """The block as a table, or None unless Arrow read exactly one record per line and every value converts
     back to what json.loads gives (no nulls or missing fields, no timestamps, no integral floats: Arrow turns
     `1` into `1.0` in a column that also holds `1.5`)."""
+    if nests_deeply(block):
+        return None
     try:
         table = pjson.read_json(pa.py_buffer(block), read_options=pjson.ReadOptions(
             use_threads=False, block_size=len(block) + 1))
@@ -149,6 +151,16 @@ def arrow_table(block: bytes, lines: int) -> pa.Table | None:
     if not all(_faithful(chunk) for column in table.columns for chunk in column.chunks):
         return None
     return table
+
+
+def nests_deeply(block: bytes, limit: int = DEEP) -> bool:
+    """Whether a line of the block may nest deeper than `limit` (it holds more opening brackets). Cheap: only a
+    block with a line longer than `limit` bytes is looked at line by line."""
+    step = limit // 2
+    find = block.find
+    if all(find(b"\n", i, i + step) >= 0 for i in range(0, len(block) - step, step)):
+        return False  # a newline in every window of `step` bytes: no line is `limit` bytes long
+    return any(len(line) > limit and line.count(b"[") + line.count(b"{") > limit for line in block.split(b"\n"))
 
 
 def arrow_records(block: bytes, lines: int, picks: list[int] | None = None) -> list[dict] | None:
@@ -211,6 +223,8 @@ def _parse(line: str | None, where: str, bad: Callable[[str, str], Any]) -> Any:
             raise ValueError(f"extra data after the JSON value at column {stop + 1}")
     except ValueError as exc:
         return bad(where, f"malformed JSON: {exc}")
+    except RecursionError:
+        return bad(where, "nested too deeply to read (more levels of lists or objects than Python can hold)")
     if not isinstance(record, dict):
         return bad(where, f"expected a JSON object, got {type(record).__name__}")
     return record

@@ -24,13 +24,21 @@ def check_keys(source: Source, key: str | None, dedupe: bool = False, skip_bad_r
     if count is not None:
         return count, set(), False  # sorted keys are distinct: checked in one streaming pass, no memory
     keys = source.key_column(key)
-    if keys is None:
+    if keys is None:  # Arrow cannot read the keys (mixed types, a bad line, nested values...)
         _check_key_exists(source, key)
-        return source.count(), set(), True
+        if isinstance(source, IterableSource):
+            return source.count(), set(), True  # read once only: keys are checked as the stream goes
+        later, bad_keys = exact_pass(source, key, dedupe, skip_bad_rows)
+        return source.count(), later, bad_keys
     count = len(keys)
     if count and keys.null_count == count:  # a misspelt --key: a configuration error, not count bad rows
         raise ConfigError(f"{source.describe()}: no row has a value for the key column '{key}'"
                           f"{_columns_hint(source)}. Check --key.")
+    if not (pa.types.is_integer(keys.type) or pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)
+            or pa.types.is_floating(keys.type)):  # lists, structs...: the exact pass names the rows
+        del keys
+        later, bad_keys = exact_pass(source, key, dedupe, skip_bad_rows)
+        return count, later, bad_keys
     unique = all_distinct(keys)
     del keys
     pa.default_memory_pool().release_unused()  # give the pass's memory back before the long run
@@ -84,28 +92,69 @@ def _sorted_distinct(values: pa.Array) -> bool:
 
 
 def find_duplicates(source: Source, key: str, dedupe: bool, skip_bad_rows: bool = False) -> set[int]:
-    """The slow, exact pass, taken only when duplicates (or missing keys) exist: name the rows, or with dedupe
-    return the positions of every later occurrence. A row without its key is an error here, before anything
-    runs, unless bad rows are skipped: then the run records it as a failure at its position."""
+    return exact_pass(source, key, dedupe, skip_bad_rows)[0]
+
+
+def exact_pass(source: Source, key: str, dedupe: bool, skip_bad_rows: bool = False) -> tuple[set[int], bool]:
+    """The slow, exact pass, taken only when Arrow cannot prove the keys unique and of one type: name the rows,
+    or with dedupe return the positions of every later occurrence. A row without a usable key (missing, null, a
+    list...) is an error here, before anything runs, unless bad rows are skipped: then the run records it as a
+    failure at its position (and the second value says the stream must look at every key). Keys of two types
+    are always refused."""
     seen: dict[Any, str] = {}
     later: set[int] = set()
+    kinds = KeyKinds(key)
+    bad_keys = False
     for pos, line, record in source.rows(lambda p: True, None):
         if type(record) is BadRow:
             continue  # reported, with its line, by the run itself
         where = source.where(line)
         value = record.get(key)
-        if value is None:
+        problem = missing_key(record, key) if value is None else bad_key(value, key)
+        if problem is not None:
             if skip_bad_rows:
+                bad_keys = True
                 continue
-            raise InputError(f"{where}: {missing_key(record, key)}. Fix the row, or pass --skip-bad-rows to record "
-                             "it as a failure.")
+            raise InputError(f"{where}: {problem}. Fix the row, or pass --skip-bad-rows to record it as a failure.")
+        kinds.check(value, where)
         first = seen.setdefault(value, where)
         if first is not where:
             if not dedupe:
                 raise InputError(f"duplicate key {key}={value!r}: {first} and {where}. Keys must be unique; "
                                  "pass --dedupe to keep the first occurrence.")
             later.add(pos)
-    return later
+    return later, bad_keys
+
+
+KEY_TYPES = (str, int, float)
+
+
+def bad_key(value: Any, key: str) -> str | None:
+    """Why a value cannot be a key (a list, a dict, a bool...), or None. Keys are strings or numbers."""
+    if type(value) in KEY_TYPES:
+        return None
+    text = repr(value) if type(value) in (bool, bytes) else f"a {type(value).__name__}"
+    return f"key column '{key}' holds {text}; a key is a string or a number"
+
+
+class KeyKinds:
+    """The type of the first key and where it was: a key of another type (1 and "1") is refused naming both rows,
+    since keeping both verbatim would need a typeless key column and converting one would alter it."""
+
+    __slots__ = ("column", "first")
+
+    def __init__(self, column: str):
+        self.column = column
+        self.first: tuple[type, Any, str] | None = None
+
+    def check(self, value: Any, where: str) -> None:
+        if self.first is None:
+            self.first = (type(value), value, where)
+        elif type(value) is not self.first[0]:
+            kind, first, first_where = self.first
+            raise InputError(f"key column '{self.column}' mixes types: {kind.__name__} {first!r} at {first_where} "
+                             f"and {type(value).__name__} {value!r} at {where}. Keys must all be of one type "
+                             "(all numbers or all strings); fix the input.")
 
 
 def missing_key(record: dict, key: str) -> str:

@@ -8,6 +8,7 @@ not one per item."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sqlite3
@@ -80,17 +81,12 @@ class Ledger:
         """The writer connection. A ledger is created under a temporary name and renamed into place, so one
         killed while being created is simply created again."""
         path = run_dir.ledger
-        tmp = path.with_name(path.name + ".init")
-        if not path.exists():
-            tmp.unlink(missing_ok=True)
-            init = sqlite3.connect(tmp)
-            init.executescript(SCHEMA)
-            init.commit()
-            init.close()
-            fsync_path(tmp)
-            os.replace(tmp, path)
-            fsync_path(path.parent)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            if not path.exists():
+                _create(path)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise LedgerError(f"{path}: cannot create or open the ledger ({_reason(exc, path)})") from None
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -101,21 +97,34 @@ class Ledger:
             conn.execute("SELECT v FROM meta WHERE k = 'schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if _read_only(path):
+                raise LedgerError(f"{path}: cannot write the ledger ({_reason(exc, path)})") from None
             raise LedgerError(f"{path}: the ledger is unreadable ({exc}); run `durabatch verify` "
                               "or move the run directory aside") from None
         return cls(conn, path)
 
     @classmethod
     def open_readonly(cls, run_dir: RunDir) -> Ledger:
+        """A reader's connection (`status`, `export`, `report`, `verify`). On read-only media, where SQLite
+        cannot create the -shm file a WAL reader needs, a finished ledger (no -wal left) is opened immutable:
+        nobody can write it there."""
         if not run_dir.ledger.exists():
             raise LedgerError(f"{run_dir.path}: no ledger here (not a durabatch run directory?)")
         try:
-            conn = sqlite3.connect(f"file:{run_dir.ledger}?mode=ro", uri=True, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 5000")
-            conn.execute("SELECT count(*) FROM shards").fetchone()
+            return cls(_connect_readonly(run_dir.ledger, immutable=False), run_dir.ledger)
+        except sqlite3.OperationalError as exc:
+            if not _cannot_open(exc) or not _read_only(run_dir.ledger):
+                raise LedgerError(f"{run_dir.ledger}: the ledger is unreadable ({exc})") from None
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{run_dir.ledger}: the ledger is unreadable ({exc})") from None
-        return cls(conn, run_dir.ledger)
+        wal = run_dir.ledger.with_name(run_dir.ledger.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise LedgerError(f"{run_dir.ledger}: on read-only media with commits still in its -wal file (the last "
+                              "run was interrupted): copy the run directory to a writable disk to read it")
+        try:
+            return cls(_connect_readonly(run_dir.ledger, immutable=True), run_dir.ledger)
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{run_dir.ledger}: the ledger is unreadable ({exc})") from None
 
     def close(self) -> None:
         self.conn.close()
@@ -139,6 +148,12 @@ class Ledger:
         with self.transaction() as c:
             c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                           [(k, json.dumps(v)) for k, v in values.items()])
+
+    def job_id(self) -> str | None:
+        """A short id of the job, from its stored fingerprint: written into every Parquet shard's footer, so that
+        a shard the ledger lost (a crash before its commit, a deleted -wal) is known to be this job's."""
+        row = self.conn.execute("SELECT v FROM meta WHERE k = 'fingerprint'").fetchone()
+        return job_id(json.loads(row[0])) if row else None
 
     # -- runs ------------------------------------------------------------------------------------------------
     def start_run(self, already_done: int) -> int:
@@ -205,12 +220,19 @@ class Ledger:
             c.executemany("DELETE FROM shards WHERE name = ?", [(n,) for n in names])
 
     def register_shard(self, shard: ShardRecord) -> None:
+        self.adopt([shard])
+
+    def adopt(self, shards: list[ShardRecord]) -> None:
+        """List shards found whole on disk whose commit was lost, in ONE transaction; as in a commit, their items
+        stop being failures."""
+        now = time.time()
         with self.transaction() as c:
-            c.execute(
+            c.executemany(
                 "INSERT INTO shards (name, rows, bytes, checksum, positions, first_pos, committed_at, run_id)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-                (shard.name, shard.rows, shard.bytes, shard.checksum, intervals.encode(shard.spans),
-                 shard.spans[0][0], time.time()))
+                [(s.name, s.rows, s.bytes, s.checksum, intervals.encode(s.spans), s.spans[0][0], now)
+                 for s in shards])
+            c.executemany("DELETE FROM failures WHERE pos >= ? AND pos < ?", [sp for s in shards for sp in s.spans])
 
     # -- reading ---------------------------------------------------------------------------------------------
     def shards(self) -> list[dict]:
@@ -304,6 +326,55 @@ class Ledger:
             args.append(error_type)
         with self.transaction() as c:
             return c.execute(sql, args).rowcount
+
+
+def job_id(fingerprint: Any) -> str:
+    """The id of the job a fingerprint describes (16 hex digits)."""
+    text = json.dumps(fingerprint, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _create(path: Path) -> None:
+    """A new ledger, under a temporary name renamed into place (one killed while being created is made again)."""
+    tmp = path.with_name(path.name + ".init")
+    tmp.unlink(missing_ok=True)
+    init = sqlite3.connect(tmp)
+    init.executescript(SCHEMA)
+    init.commit()
+    init.close()
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
+def _connect_readonly(path: Path, immutable: bool) -> sqlite3.Connection:
+    uri = f"file:{path}?mode=ro" + ("&immutable=1" if immutable else "")
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("SELECT count(*) FROM shards").fetchone()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _cannot_open(exc: sqlite3.Error) -> bool:
+    return "unable to open" in str(exc) or "readonly" in str(exc) or "read-only" in str(exc)
+
+
+def _read_only(path: Path) -> bool:
+    """The directory is on a read-only file system (or cannot be written)."""
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY) or not os.access(path.parent, os.W_OK)
+    except OSError:
+        return False
+
+
+def _reason(exc: BaseException, path: Path) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno).lower()
+    return f"read-only file system: {exc}" if _read_only(path) else str(exc)
 
 
 def _text(key: Any) -> str | None:

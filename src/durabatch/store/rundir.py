@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import RunLockedError
+from ..errors import DurabatchError, RunLockedError
 
 
 class RunDir:
@@ -28,8 +28,11 @@ class RunDir:
         self.last_death = self.logs / "last_death.json"  # written by the supervisor: how the last runner died
 
     def create(self) -> None:
-        for d in (self.path, self.shards, self.logs):
-            d.mkdir(parents=True, exist_ok=True)
+        try:
+            for d in (self.path, self.shards, self.logs):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise not_writable(self, exc) from None
 
     def write_job(self, data: dict[str, Any]) -> None:
         """job.json: the resolved settings and the fingerprint, replaced atomically."""
@@ -41,7 +44,10 @@ class RunDir:
 @contextlib.contextmanager
 def run_lock(run_dir: RunDir) -> Iterator[None]:
     """Hold an exclusive flock on run_dir/lock for the run; the kernel releases it even on SIGKILL."""
-    fd = os.open(run_dir.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(run_dir.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise not_writable(run_dir, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -73,6 +79,13 @@ def lock_holder(run_dir: RunDir) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def not_writable(run_dir: RunDir, exc: OSError) -> DurabatchError:
+    """A run directory that cannot be written (read-only media, no permission): one readable line."""
+    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    return DurabatchError(f"cannot write to the run directory {run_dir.path} ({reason}: {exc.filename}); a "
+                          "finished run there can still be read with `durabatch status`, `export` and `report`")
 
 
 def fsync_path(path: Path) -> None:

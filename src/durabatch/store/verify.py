@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError, LedgerError
 from ..sources.keys import all_distinct
-from . import shards
+from . import orphans, shards
 from .ledger import Ledger, ShardRecord, salvage
 from .rundir import RunDir, lock_holder, run_lock
 
@@ -147,7 +147,8 @@ def _check(rd: RunDir, report: Report, own_lock: bool) -> None:
     names = {s["name"] for s in listed}
     for path in files:
         if path.name not in names:
-            what = "a partly written shard" if path.name.startswith(shards.TMP_PREFIX) else "a shard never committed"
+            what = "a partly written shard" if path.name.startswith(shards.TMP_PREFIX) else \
+                "a shard whose commit never happened or was lost; adopted if it is a complete shard of this job"
             report.problems.append(Problem("orphan", str(path), f"not listed in the ledger: {what} "
                                            "(left by an interrupted commit)"))
 
@@ -226,22 +227,27 @@ def _check_keys(rd: RunDir, keys: list[tuple[str, pa.Array]], report: Report) ->
 
 # -- repairing -------------------------------------------------------------------------------------------------
 def _unlist_and_clean(rd: RunDir, report: Report) -> None:
-    """Unlist lost or corrupt shards (their items go back to pending) and remove never-committed leftovers."""
+    """Unlist lost or corrupt shards (their items go back to pending); settle unlisted files as the next run
+    would: complete shards of this job adopted, never-committed leftovers removed."""
     bad = list(dict.fromkeys(Path(p.file).name for p in report.problems if p.kind in UNLIST))
     moved = {name for name in bad if _move_aside(rd.shards / name, rd)}  # first, so no crash can lose the file
-    if bad:
+    settled = None
+    if bad or any(p.kind == "orphan" for p in report.problems):
         ledger = Ledger.open(rd)
         try:
-            ledger.forget_shards(bad)
+            if bad:
+                ledger.forget_shards(bad)
+            if any(p.kind == "orphan" for p in report.problems):
+                settled = orphans.settle(rd, ledger)
         finally:
             ledger.close()
     for name in bad:
         report.repaired.append(f"{name}: unlisted, its items are pending again"
                                + (" (file moved to corrupt/)" if name in moved else ""))
-    for problem in report.problems:
-        if problem.kind == "orphan":
-            Path(problem.file).unlink(missing_ok=True)
-            report.repaired.append(f"{Path(problem.file).name}: removed (never committed)")
+    for name in settled.adopted if settled else []:
+        report.repaired.append(f"{name}: listed again (a complete shard of this job whose ledger commit was lost)")
+    for name in settled.removed if settled else []:
+        report.repaired.append(f"{name}: removed (never committed)")
 
 
 def _rebuild_ledger(rd: RunDir, report: Report) -> None:
