@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Optional
 
@@ -91,6 +92,11 @@ def run_command(job_file: Optional[Path] = None, **flags: Any) -> None:  # noqa:
         summary = run_job(config.fn, None, config, [])
     except DurabatchError as exc:
         _fail(str(exc))
+    except Exception:  # noqa: BLE001 - a bug of ours: exit 1 keeps its one meaning (finished with failed items)
+        traceback.print_exc()
+        typer.echo("durabatch: internal error (above); nothing committed is lost: run the same command again "
+                   "to resume, and please report the traceback", err=True)
+        raise typer.Exit(ExitCode.INTERNAL) from None
     typer.echo(str(summary), err=True)
     raise typer.Exit(_believed(summary.exit_code, config.run_dir))
 

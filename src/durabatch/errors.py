@@ -32,7 +32,8 @@ class ExitCode(IntEnum):
     DONE = 0  # every item done
     FAILED = 1  # finished, with failed, quarantined or interrupted items (listed)
     USAGE = 2  # usage, configuration or input error
-    GAVE_UP = 70  # the supervisor stopped restarting (a crash loop, or --restarts used up): EX_SOFTWARE
+    INTERNAL = 70  # EX_SOFTWARE: a durabatch bug (a traceback is printed); the supervisor restarts after it
+    GAVE_UP = 70  # the supervisor stopped restarting (a crash loop, or --restarts used up)
     STOPPED = 75  # stopped early (signal, deadline, budget) and resumable: EX_TEMPFAIL
 
 
