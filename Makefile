@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_CORE := $(VENV)/.core-installed
 STAMP_EX := $(VENV)/.examples-installed
 
-.PHONY: run test lint bench bench-api bench-chaos bench-checkpoint setup setup-examples clean
+.PHONY: run test test-fast test-loaded lint bench bench-api bench-chaos bench-checkpoint setup setup-examples clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,19 @@ run: $(STAMP_EX)
 test: $(STAMP_EX)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/python -m pytest -q -x
+
+# The inner loop (under 2 minutes): lint, then every test but the long kill/chaos runs (marked slow) and the
+# examples (marked example). `make test` still runs everything.
+test-fast: $(STAMP_CORE)
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/python -m pytest -q -x -m "not slow and not example"
+
+# Reliability promise 20: the timing-sensitive tests pass beside BUSY busy-loop processes (default 4).
+BUSY ?= 4
+LOADED_TESTS := tests/test_kill.py tests/test_chaos.py tests/test_deadline.py tests/test_at_most_once.py \
+	tests/test_poison.py tests/test_engines.py tests/test_cli.py tests/test_loop.py
+test-loaded: $(STAMP_CORE)
+	$(BIN)/python -m pytest -q --busy $(BUSY) $(LOADED_TESTS)
 
 bench: $(STAMP_CORE)
 	$(BIN)/python bench/overhead.py

@@ -21,6 +21,33 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 
 
+# -- a loaded machine on purpose -------------------------------------------------------------------------------------
+# `pytest --busy N` (or DURABATCH_TEST_BUSY=N) starts N busy-loop processes for the whole session, so that the
+# timing-sensitive tests run on a machine with no spare core: they must wait for evidence, never for a fixed time.
+BUSY_LOOP = "while True:\n    pass\n"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--busy", type=int, default=int(os.environ.get("DURABATCH_TEST_BUSY", "0") or 0),
+                     metavar="N", help="run the session beside N busy-loop processes (a loaded machine)")
+
+
+def pytest_configure(config):
+    config._busy_loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP], stdin=subprocess.DEVNULL)
+                          for _ in range(max(0, config.getoption("--busy")))]
+
+
+def pytest_unconfigure(config):
+    for proc in getattr(config, "_busy_loops", []):  # only the processes this session started, by their handle
+        proc.kill()
+        proc.wait()
+
+
+def pytest_report_header(config):
+    loops = getattr(config, "_busy_loops", [])
+    return f"busy loops beside the tests: {len(loops)} (pids {[p.pid for p in loops]})" if loops else None
+
+
 # -- inputs --------------------------------------------------------------------------------------------------------
 def write_jsonl(path: Path, records: Iterable[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -76,6 +103,43 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def signal_pending(pid: int, sig: int) -> bool:
+    """Whether `sig` sent to process `pid` still waits to be delivered (kill() marks it pending before it returns;
+    the kernel clears the mark when one of the process's threads runs the handler). A process that is gone has
+    nothing pending. Evidence that a first signal was taken before a second one is sent (two pending signals of
+    the same kind merge into one)."""
+    bit = 1 << (int(sig) - 1)
+    proc = Path("/proc") / str(pid)
+
+
+    def masks(status: Path, field: str) -> list[int]:
+        try:
+            return [int(line.split()[1], 16) for line in status.read_text().splitlines() if line.startswith(field)]
+        except (FileNotFoundError, ProcessLookupError):  # gone (a thread ends, or the whole process)
+            return []
+
+    try:
+        tasks = list((proc / "task").iterdir())
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    pending = masks(proc / "status", "ShdPnd:") + [m for t in tasks for m in masks(t / "status", "SigPnd:")]
+    return any(m & bit for m in pending)
+
+
+def wait_signal_taken(proc: subprocess.Popen, sig: int, timeout: float = 120.0) -> None:
+    """Wait until a signal sent to `proc` has been delivered (see signal_pending)."""
+    wait_until(lambda: not signal_pending(proc.pid, sig), timeout=timeout, interval=0.005,
+               what=f"signal {sig} to be delivered to pid {proc.pid}")
+
+
+def log_has(path: Path, text: str) -> bool:
+    """Whether the (line-buffered) log file at `path` contains `text` yet."""
+    try:
+        return text in Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return False
 
 
 # -- reading results back ------------------------------------------------------------------------------------------

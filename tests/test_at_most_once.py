@@ -10,17 +10,24 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
+from conftest import wait_until
 
 TESTS = Path(__file__).parent
 KILLS = 25
+pytestmark = pytest.mark.slow  # 26 runs of the CLI
+
+
+def calls_so_far(counter: Path) -> int:
+    """Calls made so far, by every run: the lines side_effect() appended to the counter file."""
+    return counter.read_bytes().count(b"\n") if counter.exists() else 0
 
 
 def test_kills_mid_call_never_repeat_a_call(tmp_path):
-    n = 400
+    n = 600
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(n)))
     counter = tmp_path / "calls.txt"
@@ -28,11 +35,24 @@ def test_kills_mid_call_never_repeat_a_call(tmp_path):
     args = [sys.executable, "-m", "durabatch", "run", "-i", str(data), "--key", "id", "--fn", "userfns:side_effect",
             "--run-dir", str(tmp_path / "r"), "--at-most-once", "--commit-every", "5", "--progress", "off"]
     rng = random.Random(7)
+    kills = 0
     for _ in range(KILLS):
+        # Evidence, not a clock: kill once this run has made a few calls (the counter file grew), however long its
+        # start-up took on a busy machine. The newest call has just bumped the counter and is still running.
+        target = calls_so_far(counter) + rng.randint(1, 6)
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.4, 1.0))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        try:
+            wait_until(lambda t=target, p=proc: calls_so_far(counter) >= t or p.poll() is not None, timeout=300,
+                       interval=0.005, what=f"call number {target}")
+            if proc.poll() is not None:  # the job finished before this kill: nothing left to interrupt
+                break
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    assert kills >= 20, f"only {kills} kills landed before the job finished"
     final = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert final.returncode == 1, final.stderr  # finished, with interrupted items reported
     calls = collections.Counter(int(x) for x in counter.read_text().split())

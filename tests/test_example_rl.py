@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.example
 pytest.importorskip("stable_baselines3")
 ROOT = Path(__file__).resolve().parent.parent
 TOTAL = 10_240
@@ -31,16 +32,16 @@ def test_killed_and_resumed_training_reaches_exact_timesteps(tmp_path):
     for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGKILL):
         before = checkpoints_written(run_dir)
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # generous: only evidence that never comes fails the test
         while checkpoints_written(run_dir) < before + 2:  # mid-training: two more checkpoints since this start
             assert proc.poll() is None, "training finished before it could be interrupted"
             assert time.monotonic() < deadline
             time.sleep(0.05)
         proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=120)
+        out, _ = proc.communicate(timeout=300)
         if sig == signal.SIGTERM:
             assert proc.returncode == 75 and "checkpoint saved" in out
-    final = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    final = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert final.returncode == 0, final.stderr[-2000:]
     assert "resumed at" in final.stdout
     match = re.search(r"timesteps: ([\d,]+)\s+evaluation reward: ([\d.]+)", final.stdout)

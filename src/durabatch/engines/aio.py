@@ -30,11 +30,17 @@ class _Gate:
         self.busy = 0
         self._wins = 0
         self._cond = asyncio.Condition()
+        self.closed = False  # a stop: waiters go in at once, see the stop and leave without calling
 
     async def __aenter__(self) -> None:
         async with self._cond:
-            await self._cond.wait_for(lambda: self.busy < self.size)
+            await self._cond.wait_for(lambda: self.busy < self.size or self.closed)
             self.busy += 1
+
+    async def close(self) -> None:
+        async with self._cond:
+            self.closed = True
+            self._cond.notify_all()
 
     async def __aexit__(self, *exc: Any) -> None:
         async with self._cond:
@@ -54,6 +60,7 @@ class _Gate:
 
 class AsyncEngine:
     pins_deaths = False
+
     def __init__(self, concurrency: int, item_timeout: float | None = None, limits: Limits | None = None):
         self.concurrency = concurrency
         self.slots = concurrency * 4  # batches queued ahead so that a finishing call never waits for dispatch
@@ -75,7 +82,15 @@ class AsyncEngine:
         self.gate = asyncio.run_coroutine_threadsafe(self._make_gate(), self.loop).result()
 
     async def _make_gate(self) -> _Gate:
+        self._stop = asyncio.Event()  # made in the loop: set by stop_starting() to end every wait at once
         return _Gate(self.concurrency)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait out a rate limit or a pause, unless a stop comes first (a warm stop never waits on no call)."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            pass
 
     def submit(self, batch: Batch) -> None:
         self._in_flight += 1
@@ -93,7 +108,7 @@ class AsyncEngine:
         while True:
             wait = limited.wait()  # before taking a slot: waiting never holds one
             if wait > 0:
-                await asyncio.sleep(wait)
+                await self._sleep(wait)
             if self._stopping:
                 return None, NOT_STARTED
             async with self.gate:
@@ -106,7 +121,7 @@ class AsyncEngine:
                         return None, NOT_STARTED
                     output, error = await self._call(record)
             if pause > 0:
-                await asyncio.sleep(pause)
+                await self._sleep(pause)
             elif limited.finish(output, error):
                 self.gate.cut()  # a 429: fewer calls at once, then the same call again
             else:
@@ -133,9 +148,16 @@ class AsyncEngine:
         return output, error
 
     def stop_starting(self) -> None:
-        """A stop was asked for (budget, deadline, signal): calls not yet started never start; those items come
-        back as NotStarted and are simply done by the next run."""
+        """A stop was asked for (budget, deadline, signal): calls not yet started never start, and items waiting
+        for the rate limit or a slot come back at once as NotStarted (the next run does them); the warm stop
+        then waits only for calls really in flight."""
         self._stopping = True
+        if hasattr(self, "loop"):
+            asyncio.run_coroutine_threadsafe(self._wake_waiters(), self.loop)
+
+    async def _wake_waiters(self) -> None:
+        self._stop.set()
+        await self.gate.close()
 
     def poll(self, timeout: float) -> list[BatchResult]:
         results = drain(self._done, timeout)

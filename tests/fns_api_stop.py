@@ -1,0 +1,11 @@
+"""An async function for the warm-stop test: each call leaves a line in CALLS_FILE (evidence that calls run)."""
+
+from __future__ import annotations
+
+import os
+
+
+async def noted(record: dict) -> dict:
+    with open(os.environ["CALLS_FILE"], "a") as f:
+        f.write(f"{record['id']}\n")
+    return {"id2": record["id"] * 2}
