@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import queue
 import threading
 import time
 import warnings
@@ -16,7 +15,7 @@ from typing import Any
 from ..errors import ConfigError, ErrorKind, ItemError
 from ..policies.limits import Limits
 from . import storable
-from .base import NOT_STARTED, Batch, BatchResult, drain
+from .base import NOT_STARTED, Batch, BatchResult, ResultQueue
 from .rate_limited import LimitedCall
 from .user_fn import Work, guarded, timed_out
 
@@ -58,7 +57,7 @@ class _Gate:
             self._wins = 0
 
 
-class AsyncEngine:
+class AsyncEngine(ResultQueue):
     pins_deaths = False
 
     def __init__(self, concurrency: int, item_timeout: float | None = None, limits: Limits | None = None):
@@ -66,8 +65,7 @@ class AsyncEngine:
         self.slots = concurrency * 4  # batches queued ahead so that a finishing call never waits for dispatch
         self.item_timeout = item_timeout
         self.limits = limits or Limits()
-        self._done: queue.Queue = queue.Queue()
-        self._in_flight = 0
+        ResultQueue.__init__(self)
         self._stopping = False
         self._tasks: set = set()
 
@@ -158,14 +156,6 @@ class AsyncEngine:
     async def _wake_waiters(self) -> None:
         self._stop.set()
         await self.gate.close()
-
-    def poll(self, timeout: float) -> list[BatchResult]:
-        results = drain(self._done, timeout)
-        self._in_flight -= len(results)
-        return results
-
-    def in_flight(self) -> int:
-        return self._in_flight
 
     def close(self, cancel: bool = False) -> None:
         if not hasattr(self, "loop"):  # stopped while setup() ran: no loop yet

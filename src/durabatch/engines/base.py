@@ -45,6 +45,23 @@ def drain(done: queue.Queue, timeout: float) -> list[BatchResult]:
     return results
 
 
+class ResultQueue:
+    """Finished batches handed from worker threads (or an event loop) to the runner's thread: the poll() and
+    in_flight() of the engines whose workers live in this process."""
+
+    def __init__(self) -> None:
+        self._done: queue.Queue = queue.Queue()
+        self._in_flight = 0
+
+    def poll(self, timeout: float) -> list[BatchResult]:
+        results = drain(self._done, timeout)
+        self._in_flight -= len(results)
+        return results
+
+    def in_flight(self) -> int:
+        return self._in_flight
+
+
 # Not a failure: the next run does the item.
 NOT_STARTED = ItemError(ErrorKind.NOT_STARTED, "not started: the run was stopping", "")
 

@@ -12,20 +12,19 @@ import time
 
 from ..errors import ItemError
 from ..policies.limits import Limits
-from .base import NOT_STARTED, Batch, BatchResult, drain
+from .base import NOT_STARTED, Batch, BatchResult, ResultQueue
 from .rate_limited import call_sync
 from .user_fn import Work
 
 
-class ThreadEngine:
+class ThreadEngine(ResultQueue):
     pins_deaths = False
     def __init__(self, workers: int, limits: Limits | None = None):
         self.limits = limits
         self.slots = workers * 2  # one queued behind each running batch keeps every thread busy
         self.workers = workers
         self._todo: queue.Queue = queue.Queue()
-        self._done: queue.Queue = queue.Queue()
-        self._in_flight = 0
+        ResultQueue.__init__(self)
         self._ready = threading.Barrier(workers + 1)
         self._setup_error: BaseException | None = None
 
@@ -78,14 +77,6 @@ class ThreadEngine:
     def submit(self, batch: Batch) -> None:
         self._in_flight += 1
         self._todo.put(batch)
-
-    def poll(self, timeout: float) -> list[BatchResult]:
-        results = drain(self._done, timeout)
-        self._in_flight -= len(results)
-        return results
-
-    def in_flight(self) -> int:
-        return self._in_flight
 
     def stop_starting(self) -> None:
         """Batches queued behind the running ones never start: they come back as NotStarted."""
