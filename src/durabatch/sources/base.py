@@ -34,6 +34,9 @@ class Source(Protocol):
     def count(self) -> int | None:
         """Rows in the source, or None when it cannot know without consuming it."""
 
+    def key_batches(self, key: str) -> Iterator[pa.Array] | None:
+        """The key column in order, a batch at a time (a streaming check), or None where Arrow cannot stream it."""
+
     def key_column(self, key: str) -> pa.ChunkedArray | None:
         """The key column read by Arrow (for the uniqueness check), or None where Arrow cannot read it."""
 

@@ -105,6 +105,9 @@ class IterableSource:
     def count(self) -> int | None:
         return len(self.items) if hasattr(self.items, "__len__") else None  # type: ignore[arg-type]
 
+    def key_batches(self, key: str) -> Iterator[pa.Array] | None:
+        return None
+
     def key_column(self, key: str) -> pa.ChunkedArray | None:
         return None
 
@@ -139,6 +142,9 @@ class DatasetSource:
 
     def count(self) -> int:
         return len(self.dataset)
+
+    def key_batches(self, key: str) -> Iterator[pa.Array] | None:
+        return None
 
     def key_column(self, key: str) -> pa.ChunkedArray | None:
         if key not in self.dataset.column_names:

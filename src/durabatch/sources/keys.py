@@ -49,12 +49,12 @@ def check_keys(source: Source, key: str | None, dedupe: bool = False, skip_bad_r
 
 def _strictly_increasing(source: Source, key: str) -> int | None:
     """The key count when keys only ever increase (ids in order: the common case), else None."""
-    batches = getattr(source, "key_batches", None)
+    batches = source.key_batches(key)
     if batches is None:
         return None
     count, last = 0, None
     try:
-        for chunk in batches(key):
+        for chunk in batches:
             if chunk.null_count or (last is not None and (chunk.type != last.type or len(chunk) and
                                                           not pc.greater(chunk[0], last).as_py())):
                 return None
