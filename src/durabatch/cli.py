@@ -92,6 +92,8 @@ def run_command(job_file: Optional[Path] = None, **flags: Any) -> None:  # noqa:
         summary = run_job(config.fn, None, config, [])
     except DurabatchError as exc:
         _fail(str(exc))
+    except typer.Exit:  # our own exits (a usage error, the supervisor's verdict): a RuntimeError to click
+        raise
     except Exception:  # noqa: BLE001 - a bug of ours: exit 1 keeps its one meaning (finished with failed items)
         traceback.print_exc()
         typer.echo("durabatch: internal error (above); nothing committed is lost: run the same command again "
