@@ -28,7 +28,13 @@ setup-examples: $(STAMP_EX)
 run: $(STAMP_EX)
 	$(BIN)/python -m examples.embed_docstrings $(ARGS)
 
-test: $(STAMP_EX)
+# Headless Chromium for the dashboard's browser test (Debian package, as root; about 35 s on a fresh machine).
+STAMP_CHROMIUM := $(VENV)/.chromium-installed
+$(STAMP_CHROMIUM): | $(BIN)/python
+	command -v chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+	touch $@
+
+test: $(STAMP_EX) $(STAMP_CHROMIUM)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/python -m pytest -q -x
 

@@ -6,15 +6,28 @@ pattern (asyncio.gather over fixed batches of 5 under a semaphore of min(rpm // 
 streaming pool of 64 that retries 429s at once. The floor is 40 s (2,000 requests at 50/s).
 
     python bench/api.py [--requests 2000] [--rpm 3000]
+
+Issue 13 arms (`--issue13 [--runs 5]`, 600 requests at 600 rpm, runs interleaved, medians with min-max): no
+stated limit against a continuous-refill bucket (429 share, share of the limit), the same with OpenAI's
+x-ratelimit-* headers, and a resume after a kill -9 with many calls in flight (rate from the resume's first
+request to its end, and from the resume's process start).
+
+    python bench/api.py --issue13 --runs 5
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import signal
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import durabatch
 from durabatch.testing import AskAsync, LLMServer, ServerConfig
@@ -97,11 +110,86 @@ def arm(name: str, n: int, rpm: float) -> dict:
             "requests_429": len(log.rejections), "share_429": len(log.rejections) / max(1, len(log.arrivals))}
 
 
+def unstated(n: int, rpm: float, headers: bool) -> dict:
+    """No --rpm against a continuous-refill limit (a burst of one second's worth), with or without headers."""
+    config = ServerConfig(rpm=rpm, refill="bucket", headers=headers, latency_median=0.05, latency_sigma=0.3,
+                          tail_fraction=0.05, tail_latency=0.5, seed=1)
+    with LLMServer(config) as server, tempfile.TemporaryDirectory() as tmp:
+        os.environ["LLM_BASE_URL"] = server.url
+        t0 = time.monotonic()
+        summary = durabatch.run(AskAsync, questions(n), key="id", run_dir=tmp, concurrency=64, progress="off")
+        elapsed = time.monotonic() - t0
+        log = server.log
+    return {"share_of_limit": n / elapsed * 60 / rpm, "share_429": len(log.rejections) / len(log.arrivals),
+            "requests_429": len(log.rejections), "failed": summary.failed_total + n - summary.done}
+
+
+def resume(n: int, rpm: float, kill_after: int) -> dict:
+    """--rpm stated, concurrency 64: kill -9 the runner once `kill_after` answers came back (up to 256 calls are
+    then dispatched and waiting for the limiter), then resume and time the resume."""
+    config = ServerConfig(rpm=rpm, refill="bucket", latency_median=0.05, latency_sigma=0.3, tail_fraction=0.05,
+                          tail_latency=0.5, seed=1)
+    with LLMServer(config) as server, tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "q.jsonl"
+        data.write_text("".join(json.dumps(q) + "\n" for q in questions(n)))
+        env = {**os.environ, "LLM_BASE_URL": server.url}
+        cmd = [sys.executable, "-m", "durabatch", "run", "-i", str(data), "--key", "id", "--fn",
+               "durabatch.testing:AskAsync", "--run-dir", str(Path(tmp) / "r"), "--rpm", str(rpm),
+               "--concurrency", "64", "--commit-seconds", "1", "--progress", "off"]
+        first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while server.log.ok < kill_after:
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        t0 = time.monotonic()
+        before = len(server.log.arrivals)
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        elapsed = time.monotonic() - t0
+        arrivals = server.log.arrivals[before:]
+        note = next((line for line in second.stderr.splitlines() if "in flight when the last run died" in line), "")
+        done = int(note.split("]")[-1].split()[0]) if note else 0
+    resumed = [line for line in second.stderr.splitlines() if "resuming:" in line]
+    to_go = int(resumed[0].split(",")[-1].split()[0]) if resumed else n
+    span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else elapsed
+    return {"share_of_limit": to_go / span * 60 / rpm, "share_from_start": to_go / elapsed * 60 / rpm,
+            "suspects": done, "items": to_go, "exit": second.returncode}
+
+
+def median_spread(values: list[float]) -> str:
+    return f"{100 * statistics.median(values):.1f}% ({100 * min(values):.1f}-{100 * max(values):.1f})"
+
+
+def issue13(runs: int) -> None:
+    names = ("no limit stated, no headers", "no limit stated, x-ratelimit headers", "resume after kill -9")
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    for i in range(runs):  # interleaved: a slow moment of the machine falls on every arm alike
+        results[names[0]].append(unstated(600, 600, headers=False))
+        results[names[1]].append(unstated(600, 600, headers=True))
+        results[names[2]].append(resume(600, 600, kill_after=250))
+        print(f"run {i + 1}: " + "; ".join(f"{k}: {json.dumps(v[-1])}" for k, v in results.items()), flush=True)
+    print(f"\n| arm (600 requests, 600 rpm, continuous refill; median of {runs}, min-max) | share of the limit | "
+          "share of requests answered 429 |")
+    print("| --- | ---: | ---: |")
+    for name in names[:2]:
+        rows = results[name]
+        print(f"| {name} | {median_spread([r['share_of_limit'] for r in rows])} | "
+              f"{median_spread([r['share_429'] for r in rows])} |")
+    rows = results[names[2]]
+    print(f"| {names[2]} (--rpm 600; {statistics.median([r['suspects'] for r in rows]):.0f} suspects, "
+          f"{statistics.median([r['items'] for r in rows]):.0f} items to go): from its first request | "
+          f"{median_spread([r['share_of_limit'] for r in rows])} | |")
+    print(f"| the same, from the resume's process start | {median_spread([r['share_from_start'] for r in rows])} | |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rpm", type=float, default=3000)
+    parser.add_argument("--issue13", action="store_true", help="the issue 13 arms only (600 requests, 600 rpm)")
+    parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
+    if args.issue13:
+        return issue13(args.runs)
     rows = []
     for name in ("durabatch --rpm", "durabatch, limit unstated", "seed 004 pattern", "unlimited pool of 64"):
         row = arm(name, args.requests, args.rpm)

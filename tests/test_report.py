@@ -41,9 +41,14 @@ def charts(html_path: Path) -> dict[str, ET.Element]:
     return {svg.get("aria-label"): svg for svg in svgs}
 
 
+def segments(svg: ET.Element) -> list[list[tuple[float, float]]]:
+    """One polyline per stretch of a run: no line is drawn across a restart."""
+    return [[tuple(map(float, p.split(","))) for p in line.get("points").split()]
+            for line in svg.iter(f"{SVG}polyline")]
+
+
 def points(svg: ET.Element) -> list[tuple[float, float]]:
-    (line,) = svg.iter(f"{SVG}polyline")
-    return [tuple(map(float, p.split(","))) for p in line.get("points").split()]
+    return [p for segment in segments(svg) for p in segment]
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +108,9 @@ def test_map_report_html_and_json_match_the_ledger(map_run, tmp_path):
 
     svgs = charts(map_run / "report.html")
     assert len(points(svgs["items done (cumulative)"])) == len(shards)
+    assert len(segments(svgs["items done (cumulative)"])) == 2  # the restart is a gap, marked "run 2"
+    assert "run 2" in "".join(svgs["items done (cumulative)"].itertext())
+    assert [r["done_before"] for r in data["runs"]] == [0, 51] and data["runs"][1]["end_state"] == "exit 1"
     assert len(points(svgs["throughput per interval (items/s)"])) == len(rate["t"])
     page = (map_run / "report.html").read_text()
     assert "RuntimeError" in page and "seven " in page  # the failures table, with an example message

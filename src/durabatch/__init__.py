@@ -17,6 +17,7 @@ from .loops.checkpointer import CallableState, Checkpointer, PickleState
 from .loops.torch import TorchState
 from .observe.floodguard import guard_logs
 from .observe.status import status
+from .policies.limits import report_headers
 from .policies.retry import RetryPolicy
 from .store.export import export
 from .store.verify import verify
@@ -26,5 +27,5 @@ __version__ = "0.1.0"
 __all__ = [
     "CallableState", "ChangedJobError", "Checkpointer", "ConfigError", "DurabatchError", "InputError", "JobSettings",
     "LedgerError", "Observer", "PickleState", "RetryPolicy", "RunLockedError", "RunSummary", "Stats", "TorchState",
-    "export", "guard_logs", "retry_failed", "run", "status", "verify",
+    "export", "guard_logs", "report_headers", "retry_failed", "run", "status", "verify",
 ]

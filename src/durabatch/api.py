@@ -41,11 +41,15 @@ def run(fn: Any, source: Any = None, *, key: str | None = None, run_dir: str | N
     batch_format="columns": {field: values} -> {field: values}), a class (instantiated once per worker, setup()
     called) or "package.module:name". split(record) -> segments makes fn run on each
     segment, and combine(record, outputs) -> result groups them back (one committed row per input).
-    Other settings: see JobSettings."""
+    Other settings: see JobSettings. Ctrl-C commits what is finished, then raises KeyboardInterrupt."""
     values = {"key": key, "run_dir": run_dir, "batch_size": batch_size, "workers": workers, "engine": engine,
               **settings}
     config = merge(("arguments", {k: v for k, v in values.items() if v is not None}))
-    return run_job(fn, source, config, observers or [], split, combine)
+    summary = run_job(fn, source, config, observers or [], split, combine)
+    if summary.stopped == "SIGINT":
+        # Ctrl-C stops the script too, as anywhere else in Python; what was finished is committed first.
+        raise KeyboardInterrupt(str(summary))
+    return summary
 
 
 def run_job(fn: Any, source: Any, settings: JobSettings, observers: list[Observer], split: Any = None,
@@ -67,6 +71,8 @@ def run_job(fn: Any, source: Any, settings: JobSettings, observers: list[Observe
         job = make_job(target, src, settings, rd, observers, fanin, deadline)
         ledger = Ledger.open(rd)
         try:
+            if job.limits is not None:  # a resumed run starts near the rate an earlier run learned
+                job.limits.seed(ledger.get_meta("learned_limits"))
             return Run(job, rd, ledger).execute()
         finally:
             ledger.close()

@@ -20,11 +20,26 @@ from .errors import DurabatchError, ExitCode
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Run a function over a dataset as a durable job: kill it at any moment, run the same command again, "
          "and it continues; every input key ends up in the output exactly once.\n\n"
          "Exit codes: 0 all done; 1 finished with failed items; 2 usage, configuration or input error; "
          "75 stopped early (Ctrl-C, SIGTERM) and resumable.",
 )
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"durabatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """The subcommands below; `durabatch COMMAND -h` for each."""
+
 
 FLAG_NAMES = {"output_format": "--format", "input": "--input"}
 SHORT = {"input": "-i"}
@@ -156,6 +171,22 @@ def report_command(
     except (DurabatchError, OSError) as exc:
         _fail(str(exc))
     typer.echo(as_json(data) if json_out else f"wrote {path}\n{render_text(data)}")
+
+
+@app.command("dashboard")
+def dashboard_command(
+    run_dirs: list[Path] = typer.Argument(..., help="One or more run directories (ranks, or many jobs)."),
+    port: int = typer.Option(8765, "--port", help="The local port (0: any free port)."),
+) -> None:
+    """A live local web page (127.0.0.1) over run directories: progress, rate and ETA, throughput, failures and
+    their tracebacks, sample rows, resources, API counters, loop metrics, what was run; JSON at /api/. Reads the
+    ledgers read-only, safe while the jobs run."""
+    from .observe.dashboard import serve
+
+    try:
+        serve(run_dirs, port)
+    except (DurabatchError, OSError) as exc:
+        _fail(str(exc))
 
 
 @app.command("export")

@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -93,6 +94,7 @@ class ItemError:
     kinds: tuple[str, ...] = ()  # names of the exception's classes (MRO), for retry rules
     status: int | None = None  # an HTTP status the exception carries, if any
     retry_after: float | None = None  # seconds the server asked us to wait, if it said
+    limit_rpm: float | None = None  # the requests-per-minute limit its response's x-ratelimit headers state
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ItemError:
@@ -101,7 +103,8 @@ class ItemError:
         if isinstance(exc, ItemTimeout):
             kinds += ("TimeoutError",)  # retry rules written for the TimeoutError it used to derive from
         message = redact(str(exc))[:2000]
-        return cls(type(exc).__qualname__, message, tb[-8000:], kinds, _status(exc), _retry_after(exc))
+        return cls(type(exc).__qualname__, message, tb[-8000:], kinds, _status(exc), _retry_after(exc),
+                   _limit_rpm(exc))
 
 
 # -- redaction of secrets ------------------------------------------------------------------------------------------
@@ -171,6 +174,30 @@ def _retry_after(exc: BaseException) -> float | None:
         except (TypeError, ValueError, AttributeError):
             return None
     return None
+
+
+def ratelimit_headers(headers: Any) -> tuple[float | None, float | None, float | None]:
+    """(limit per minute, remaining, seconds to reset) of requests from OpenAI-style x-ratelimit-limit-requests,
+    x-ratelimit-remaining-requests, x-ratelimit-reset-requests headers (any mapping with .get); None where absent
+    or unreadable."""
+    def number(name: str) -> float | None:
+        try:
+            value = headers.get(name)
+            return float(value) if value not in (None, "") else None
+        except (TypeError, ValueError, AttributeError):
+            return None
+
+    try:
+        reset = _duration(headers.get("x-ratelimit-reset-requests"))
+    except (TypeError, AttributeError):
+        reset = None
+    return number("x-ratelimit-limit-requests"), number("x-ratelimit-remaining-requests"), reset
+
+
+def _limit_rpm(exc: BaseException) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(exc, "headers", None) or getattr(response, "headers", None)
+    return ratelimit_headers(headers)[0] if headers is not None else None
 
 
 def _duration(text: str | None) -> float | None:

@@ -83,7 +83,7 @@ class BatchRun:
         messages = check_fingerprint(ledger, job.fingerprint, job.allow_changed)
         self.rd.write_job({"settings": job.description, "fingerprint": job.fingerprint})
         store.ensure(ledger)
-        self.run_id = ledger.start_run(0)
+        self.run_id = ledger.start_run()
         self.job_id = ledger.job_id() or "job"
         plan = make_plan(ledger, self.rd, job.source, job.keys, job.selection)
         if plan.skip_keys is not None:

@@ -191,8 +191,14 @@ def _check_keys(data: Mapping[str, Any], origin: str) -> None:
             raise ConfigError(f"{origin}: unknown setting '{name}'.{hint}")
 
 
+DATA_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".parquet", ".pq")
+
+
 def read_job_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.suffix.lower() in DATA_SUFFIXES:
+        raise ConfigError(f"{path} looks like input data, not a job file: pass it as `--input {path}` (a job file "
+                          "is YAML: fn, input, key, run_dir and other settings)")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:

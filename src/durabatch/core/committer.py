@@ -112,20 +112,25 @@ class Committer:
         if self.error is not None:
             raise self.error
 
+    def wait_idle(self) -> None:
+        """Until everything submitted is written (or failed): e.g. a suspect group's results, before the next group."""
+        self._queue.join()
+
     def _loop(self) -> None:
         while True:
             pending = self._queue.get()
             if pending is None:
+                self._queue.task_done()
                 return
-            if self.error is not None:
-                continue  # after a failed commit nothing more is committed; the run stops
-            try:
-                done = commit(self.ledger, self.run_dir, pending, self.fmt, self.key_column, self.run_id)
-                del pending
-                pa.default_memory_pool().release_unused()  # keep Arrow's cached pages from piling up
-                self.committed.append(self._check_space(done))
-            except BaseException as exc:  # noqa: BLE001 - handed to the run loop
-                self.error = _explain(exc, self.run_dir)
+            if self.error is None:  # after a failed commit nothing more is committed; the run stops
+                try:
+                    done = commit(self.ledger, self.run_dir, pending, self.fmt, self.key_column, self.run_id)
+                    del pending
+                    pa.default_memory_pool().release_unused()  # keep Arrow's cached pages from piling up
+                    self.committed.append(self._check_space(done))
+                except BaseException as exc:  # noqa: BLE001 - handed to the run loop
+                    self.error = _explain(exc, self.run_dir)
+            self._queue.task_done()
 
     def _check_space(self, done: Committed) -> Committed:
         free = shutil.disk_usage(self.run_dir.shards).free

@@ -1,5 +1,5 @@
 """What to run next: the keyed stream of records still to do, cut into batches, with due retries first and
-suspects of a crash sent alone."""
+suspects of a crash sent in groups with nothing else in flight (a group of one: alone)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import hashlib
 import heapq
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
@@ -26,17 +27,22 @@ BadRowHook = Callable[[int, str, str], None]  # (position, where, message): rais
 class Dispatch:
     def __init__(self, source: Source, plan: Plan, keys: Keys, batching: Batching, max_chunk: int,
                  suspects: set[int], on_bad_row: BadRowHook, fanin: FanIn | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, caps: dict[int, int] | None = None):
         self.fanin = fanin
         self.source, self.plan, self.keys, self.batching = source, plan, keys, batching
         self.max_chunk = max_chunk  # never more than one commit's worth in a batch
         self.suspects = suspects
+        self.caps = caps or {}  # suspect -> the largest group it may run in (1 once a group of it died)
+        self._unmet = len(suspects)  # suspects not yet met in the stream
+        self._met: set[int] = set()
         self.on_bad_row = on_bad_row
         self.clock = clock
         self.chunk = 1 if batching.size is None else batching.size
         # Items to run again: (ready_at, attempt, solo, pos, key, record).
         self._retries: list[tuple[float, int, bool, int, Any, dict]] = []
-        self._held: tuple[int, Any, dict] | None = None  # a suspect waiting for the engine to be idle
+        self._group: list[tuple[int, Any, dict]] = []  # suspects met in the stream, gathering into a group
+        self._group_cap = 0
+        self._groups: deque[list[tuple[int, Any, dict]]] = deque()  # closed groups waiting for an idle engine
         self._seen: dict[Any, str] | None = {} if plan.check_keys_in_stream else None
         self._kinds = KeyKinds(keys.output_column)  # keys of two types are refused, naming both rows
         self._blocks = self._stream()
@@ -49,7 +55,7 @@ class Dispatch:
     @property
     def finished(self) -> bool:
         fanin = self.fanin
-        return self.source_done and not self._retries and self._held is None and \
+        return self.source_done and not self._retries and not self._groups and not self._group and \
             (fanin is None or not (fanin.open_documents or fanin.ready or fanin.failed))
 
     def next_retry_in(self) -> float | None:
@@ -67,11 +73,10 @@ class Dispatch:
         now = self.clock()
         if self._retries and self._retries[0][0] <= now:
             return self._due_retries(now, idle)
-        if self._held is not None:
+        if self._groups:
             if not idle:
                 return None
-            held, self._held = self._held, None
-            return self._batch([held], 1, True)
+            return self._batch(self._groups.popleft(), 1, True)
         if self._error is not None:
             raise self._error
         if self.source_done:
@@ -92,22 +97,44 @@ class Dispatch:
                     positions += cut[:at]
                     keys += block_keys[o:o + at]
                     pieces.append(block_records[o:o + at])
-                    self._held = (cut[at], block_keys[o + at], block_records[o + at])
+                    self._meet(cut[at], block_keys[o + at], block_records[o + at])
                     self._offset = o + at + 1
-                    break
+                    if self._groups:
+                        break
+                    continue
                 positions += cut
                 keys += block_keys[o:o + take]
                 pieces.append(block_records[o:o + take])
                 self._offset = o + len(cut)
         except StopIteration:
             self.source_done = True
+            self._close_group()
         except InputError as exc:  # a bad row: the records before it still run, then the error stops the run
             if not positions:
                 raise
             self._error = exc
         if positions:
             return self._new_batch(positions, keys, join([p for p in pieces if len(p)]), 1, False)
-        return self.next_batch(idle) if self._held is not None and idle else None
+        return self.next_batch(idle) if self._groups and idle else None
+
+    def _meet(self, pos: int, key: Any, record: dict) -> None:
+        """A suspect met in the stream joins the open group of suspects with its cap; a full group closes and
+        waits for an idle engine. The last suspect met closes the open group."""
+        cap = self.caps.get(pos, self.max_chunk)
+        if self._group and cap != self._group_cap:
+            self._close_group()
+        self._group.append((pos, key, record))
+        self._group_cap = cap
+        if pos not in self._met:  # fan-out segments share their document's position
+            self._met.add(pos)
+            self._unmet -= 1
+        if len(self._group) >= cap or not self._unmet:
+            self._close_group()
+
+    def _close_group(self) -> None:
+        if self._group:
+            self._groups.append(self._group)
+            self._group = []
 
     def _due_retries(self, now: float, idle: bool) -> Batch | None:
         """Due retries of one attempt number together; a suspect alone, and only on an idle engine."""

@@ -24,8 +24,10 @@ class Journal:
             spans = [(ps[0], ps[-1] + 1)]
         else:  # retries, suspects, fan-out segments (which share their document's position)
             spans = intervals.from_sorted(sorted(set(ps)))
-        entry = {"b": batch.id, "spans": spans}
-        if solo or len(batch.keys) == 1:
+        entry: dict = {"b": batch.id, "spans": spans}
+        if solo and len(batch.keys) > 1:  # a group of suspects with nothing else in flight
+            entry["group"] = True
+        elif solo or len(batch.keys) == 1:
             entry["solo"] = solo
             entry["key"] = None if batch.keys[0] is None else str(batch.keys[0])
         os.write(self._fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode())

@@ -3,10 +3,15 @@ killer). A bash restart loop retries such an item forever; durabatch pins deaths
 
 - Every dispatched batch is journalled (core/journal.py). After an unclean death, the journal names the
   batches in flight.
-- Their items become *suspects*: the next run sends each suspect alone, with nothing else in flight.
-- A death while a suspect ran alone makes it *guilty* once more; guilty K times (default 3), it is quarantined
-  with the reason, reported and skipped. A random external kill would have to land three times on the same
-  item while it runs alone to quarantine an innocent.
+- Their items become *suspects*: the next run sends them as one group (up to a commit's worth) with nothing
+  else in flight, and commits it: after an external kill the replay costs about one batch's time instead of one
+  call per suspect. A group that completes clears its members. A death during a group splits it: its members'
+  cap (ledger meta `suspect_caps`) becomes 1, so they run alone next time. Splitting to singles at once, not
+  in halves, keeps what a poison item costs at one death more than before (halving costs log2(n) deaths,
+  each a restart that may reload a model), and a group death is rare unless an item is poison.
+- A death while a suspect ran alone (a group of one) makes it *guilty* once more; guilty K times (default 3),
+  it is quarantined with the reason, reported and skipped. A random external kill would have to land three
+  times on the same item while it runs alone to quarantine an innocent.
 - A worker process that dies is pinned exactly by the processes engine; the same count applies."""
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import intervals
 from ..errors import ErrorKind
@@ -23,6 +28,8 @@ from ..store.rundir import RunDir
 from .journal import unfinished
 from .outcomes import INTERRUPTED
 
+CAPS = "suspect_caps"  # ledger meta: {position: largest group}, for suspects whose group killed a runner
+SPLIT = 1  # the cap of a dead group's members: alone
 NO_CAUSE = "the runner process died while running this item alone (cause not recorded: use --supervise to record it)"
 
 
@@ -30,6 +37,7 @@ NO_CAUSE = "the runner process died while running this item alone (cause not rec
 class Review:
     suspects: set[int]
     quarantined: list[Failure]
+    caps: dict[int, int] = field(default_factory=dict)  # suspect -> the largest group it may run in
 
 
 def death_cause(rd: RunDir) -> str:
@@ -46,10 +54,15 @@ def review(ledger: Ledger, rd: RunDir, quarantine_after: int, run_id: int | None
     suspects = ledger.suspects()
     if not entries and not suspects:
         return Review(set(), [])
+    caps = {int(p): c for p, c in (ledger.get_meta(CAPS) or {}).items()}
     cause = death_cause(rd) if entries else ""
     for entry in entries:
         positions = intervals.expand([tuple(s) for s in entry["spans"]])
-        if entry.get("solo"):
+        if entry.get("group"):  # a group of suspects died: its members run alone next time
+            for pos in positions:
+                suspects.setdefault(pos, (None, 0, None))
+                caps[pos] = SPLIT
+        elif entry.get("solo"):
             key, guilt, _ = suspects.get(positions[0], (None, 0, None))
             suspects[positions[0]] = (key or entry.get("key"), guilt + 1, cause)
         else:
@@ -63,11 +76,13 @@ def review(ledger: Ledger, rd: RunDir, quarantine_after: int, run_id: int | None
     cleared |= {f.pos for f in guilty}
     remaining = {p: v for p, v in suspects.items() if p not in cleared}
     ledger.save_suspects(remaining, cleared)
+    caps = {p: c for p, c in caps.items() if p in remaining}
+    ledger.set_meta(**{CAPS: {str(p): c for p, c in caps.items()}})
     if guilty:
         ledger.commit(None, guilty, run_id or 0)
     if entries:
         os.truncate(rd.inflight, 0)
-    return Review(set(remaining), guilty)
+    return Review(set(remaining), guilty, caps)
 
 
 def interrupted(ledger: Ledger, rd: RunDir, run_id: int | None) -> list[Failure]:

@@ -60,6 +60,8 @@ class Run:
         self._last_commit = time.monotonic()
         self._guilt: dict[int, int] = {}  # deaths of worker processes pinned on items in this run
         self._solo_in_flight = False
+        self._commit_after_group = False
+        self._caps: dict[int, int] = {}
         self._flying: dict[int, Batch] = {}  # submitted, not yet collected (an inline call may never return)
 
     # -- the whole run -----------------------------------------------------------------------------------------
@@ -80,8 +82,8 @@ class Run:
         job = self.job
         messages = check_fingerprint(self.ledger, job.fingerprint, job.safety.allow_changed)
         self.rd.write_job({"settings": job.description, "fingerprint": job.fingerprint})
-        run_id = self.ledger.start_run(0)
-        suspects, notes = _review(job, self.ledger, self.rd, run_id)
+        run_id = self.ledger.start_run()
+        suspects, notes, self._caps = _review(job, self.ledger, self.rd, run_id)
         plan = self.plan = make_plan(self.ledger, self.rd, job.source, job.keys, job.selection)
         self.stats = Stats(total=plan.total, already_done=plan.already_done + plan.already_failed,
                            source=job.source.describe(), run_dir=str(self.rd.path),
@@ -118,7 +120,7 @@ class Run:
             engine.close(cancel=True)
             return self.stop.reason or "SIGINT", None
         self.dispatch = Dispatch(job.source, self.plan, job.keys, job.batching, job.commit.every_items, suspects,
-                                 self._bad_row, job.fanin)
+                                 self._bad_row, job.fanin, caps=self._caps)
         self.journal = Journal(self.rd.inflight, durable=job.safety.at_most_once)
         self.committer = Committer(self.ledger, self.rd, job.commit.output_format, job.keys.output_column, run_id)
         if self.deadline:
@@ -180,6 +182,10 @@ class Run:
             if not engine.in_flight() and dispatch.source_done:
                 time.sleep(min(0.05, dispatch.next_retry_in() or 0.0))
             self._maybe_commit()
+            if self._commit_after_group:
+                self._commit_after_group = False
+                self._commit_now()
+                self.committer.wait_idle()
             now = time.monotonic()
             if now - last_notice >= 0.2:
                 last_notice = now
@@ -249,6 +255,7 @@ class Run:
             self.observers.on_message(result.note)
         if batch.solo:
             self._solo_in_flight = False
+            self._commit_after_group = len(batch.positions) > 1  # its results survive the next group's death
         if not result.errors and self.job.fanin is None:  # the hot path: a whole batch's results as one piece
             self.pending.extend(batch.positions, batch.keys, result.outputs)
             self.stats.done += len(batch.positions)
@@ -327,7 +334,9 @@ class Run:
         self._last_commit = time.monotonic()
         if len(self.pending):
             if self.job.limits is not None:
-                self.pending.meta = {"api": self.job.limits.metrics.snapshot()}
+                learned = self.job.limits.learned()  # kept for the next run: it starts near the limit
+                self.pending.meta = {"api": self.job.limits.metrics.snapshot(),
+                                     **({"learned_limits": learned} if learned else {})}
             self.committer.submit(self.pending)
             self.pending = Pending()
         self._drain_commits()
@@ -360,15 +369,15 @@ def _memory_over(memory: MemoryWatch | None, observers: Observers) -> bool:
     return memory.over
 
 
-def _review(job: Job, ledger: Ledger, rd: RunDir, run_id: int) -> tuple[set[int], list[str]]:
-    """What the last run's death left: suspects to run alone (or, at most once, interrupted items)."""
+def _review(job: Job, ledger: Ledger, rd: RunDir, run_id: int) -> tuple[set[int], list[str], dict[int, int]]:
+    """What the last run's death left: suspects to run in groups (or, at most once, interrupted items)."""
     if job.safety.at_most_once:
         lost = quarantine.interrupted(ledger, rd, run_id)
         return set(), [f"{len(lost)} item(s) were interrupted mid-call by the last run's end and will not be "
-                       "called again (at-most-once); see `durabatch export --failed`"] if lost else []
+                       "called again (at-most-once); see `durabatch export --failed`"] if lost else [], {}
     review = quarantine.review(ledger, rd, job.safety.quarantine_after, run_id)
     notes = [f"quarantined {f.key!r} (position {f.pos}): {f.message}" for f in review.quarantined]
     if review.suspects:
-        notes.append(f"{len(review.suspects)} item(s) were in flight when the last run died: "
-                     "running them one at a time")
-    return review.suspects, notes
+        notes.append(f"{len(review.suspects)} item(s) were in flight when the last run died: running them in "
+                     "a group with nothing else in flight (if it kills the runner, they run one at a time)")
+    return review.suspects, notes, review.caps

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ItemError
-from ..policies.limits import Limits, is_rate_limited
+from ..policies.limits import Limits, is_rate_limited, reporting_to
 from .base import NOT_STARTED
 
 Outcome = tuple[Any, ItemError | None]  # (output, error): one of them is None
@@ -36,6 +36,8 @@ class LimitedCall:
         return self.limiter.pause_left()
 
     def start(self) -> bool:
+        """Also makes `report_headers` inside the call reach this record's limiter."""
+        reporting_to(self.limiter)
         return self.limits.metrics.try_start(self.estimate)
 
     def finish(self, output: Any, error: ItemError | None) -> bool:
@@ -44,6 +46,8 @@ class LimitedCall:
         if error is not None and is_rate_limited(error):
             metrics.finished(None)
             metrics.rate_limited += 1
+            if error.limit_rpm:
+                self.limiter.on_headers(error.limit_rpm, None, None)
             self.limiter.on_rate_limited(error.retry_after if error.retry_after is not None else 1.0)
             return True
         usage = self.limits.usage_of(output) if error is None else None

@@ -6,7 +6,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import psutil
+
 from ..core.events import Observer, Stats
+from .resources import gpu_used
+
+RESOURCES_EVERY = 10.0  # seconds between `resources:` lines (the dashboard's and report's RAM/CPU charts)
 
 
 class RunLog(Observer):
@@ -14,6 +19,7 @@ class RunLog(Observer):
         self.path = path
         self.every = every
         self._last = 0.0
+        self._last_resources = 0.0
         self._file = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in on_end
 
     def _write(self, text: str) -> None:
@@ -23,7 +29,33 @@ class RunLog(Observer):
         self._write(f"start: source={stats.source} total={stats.total} already_done={stats.already_done} "
                     f"key={stats.key_mode}")
 
+    def on_progress(self, stats: Stats) -> None:
+        self._resources()
+
+    def _resources(self) -> None:
+        """RAM of the runner and its workers, GPU memory, CPU seconds of the runner so far (a few ms each)."""
+        now = time.monotonic()
+        if now - self._last_resources < RESOURCES_EVERY:
+            return
+        self._last_resources = now
+        try:
+            me = psutil.Process()
+            ram = me.memory_info().rss
+            for child in me.children(recursive=True):
+                try:
+                    ram += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            cpu = me.cpu_times()
+        except psutil.Error:
+            return
+        gpu = gpu_used()
+        gpu_mb = "-" if gpu is None else f"{gpu / 1e6:.1f}"
+        self._write(f"resources: at={time.time():.3f} ram_mb={ram / 1e6:.1f} gpu_mb={gpu_mb} "
+                    f"cpu_s={cpu.user + cpu.system:.2f}")
+
     def on_commit(self, stats: Stats, rows: int, failures: int, shard: str | None) -> None:
+        self._resources()
         now = time.monotonic()
         if now - self._last >= self.every:
             self._last = now

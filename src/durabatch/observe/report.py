@@ -21,12 +21,12 @@ from ..loops.writer_process import METRICS, checkpoint_dir, read_meta
 from ..store.ledger import ItemState, Ledger
 from ..store.rundir import RunDir, lock_holder
 from . import format_duration
+from .charts import chart, nice, time_axis
 from .status import read_metrics
 
 RATE_BUCKETS = 40  # items/s over about this many equal intervals: per-commit rates are too noisy to read
-MAX_POINTS = 2000  # longer series are thinned (first and last kept) so that the file stays small
 STATES = {s.value: "pending_retry" if s is ItemState.PENDING else s.value for s in ItemState}  # as `status` says
-W, H, LEFT, RIGHT, TOP, BOTTOM = 680, 260, 64, 20, 30, 42  # chart size and margins, px
+FAILED_SHOWN = 50  # failed items listed with their attempts (the dashboard pages through all of them)
 CSS = ("body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1000px;padding:0 1em;color:#222}"
        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.2em .6em;"
        "text-align:right}th{background:#f3f3f3}td:first-child,td:last-child{text-align:left}svg{display:block}"
@@ -57,6 +57,7 @@ def _collect_map(rd: RunDir) -> dict[str, Any]:
             counts = {STATES[s.value]: ledger.count_failures(s) for s in ItemState}
             by_type = _failures_by_type(ledger)
             total, api = ledger.get_meta("total"), ledger.get_meta("api")
+            failed_items = _failed_items(ledger, FAILED_SHOWN)
     finally:
         ledger.close()
     pid = lock_holder(rd)
@@ -68,12 +69,70 @@ def _collect_map(rd: RunDir) -> dict[str, Any]:
     times, rows = [s["committed_at"] for s in shards], [s["rows"] for s in shards]
     return {
         "kind": "map", "state": "running" if pid else "finished" if remaining == 0 else "stopped", "pid": pid,
-        "start": t0, "api": api, "failures_by_type": by_type, "runs": runs,
+        "start": t0, "api": api, "failures_by_type": by_type, "runs": _runs(runs, times, rows, pid),
+        "failed_items": failed_items, "job": read_job(rd), "resources": resources(rd, t0),
         "totals": {"total": total, "done": done, **counts, "remaining": remaining, "shards": len(shards),
                    "bytes": sum(s["bytes"] for s in shards)},
         "series": {"cumulative": {"t": [t - t0 for t in times], "at": times, "done": list(itertools.accumulate(rows))},
-                   "rate": _rate(times, rows, t0)},
+                   "rate": _rate(times, rows, t0),
+                   "restarts": [r["started_at"] - t0 for r in runs[1:]] if t0 is not None else []},
     }
+
+
+def _runs(runs: list[dict[str, Any]], times: list[float], rows: list[int], pid: int | None) -> list[dict[str, Any]]:
+    """Each run with what was done before it (counted from the shards committed earlier: the ledger's
+    `already_done` column holds 0) and how it ended: its exit code, running, or died (no end recorded)."""
+    cumulative = [0, *itertools.accumulate(rows)]
+    out = []
+    for run in runs:
+        before = cumulative[bisect.bisect_left(times, run["started_at"])]
+        running = bool(pid) and run is runs[-1] and run["ended_at"] is None
+        end = "running" if running else "died" if run["ended_at"] is None else f"exit {run['exit_code']}"
+        out.append({**run, "done_before": before, "end_state": end})
+    return out
+
+
+def _failed_items(ledger: Ledger, limit: int) -> list[dict[str, Any]]:
+    history = ledger.attempt_history()
+    return [{**f, "history": history.get(f["pos"], [])} for f in ledger.failures()[:limit]]
+
+
+def read_job(rd: RunDir) -> dict[str, Any] | None:
+    """job.json: what was run (the resolved settings and the fingerprint); None when absent or being replaced."""
+    try:
+        return json.loads(rd.job.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def resources(rd: RunDir, t0: float | None) -> dict[str, list[float]]:
+    """RAM (runner + workers), GPU memory and CPU use over time, from the run log's `resources:` lines (one per
+    10 s of a running job, `observe/logs.py`); empty for runs made before those lines existed."""
+    out: dict[str, list[float]] = {"t": [], "ram_mb": [], "gpu_mb": [], "cpu_pct": []}
+    prev: tuple[float, float] | None = None
+    try:
+        lines = (rd.logs / "run.log").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        stamp, _, rest = line.partition(" resources: ")
+        if not rest:
+            if " start: " in line:
+                prev = None  # a new process: its CPU seconds count from 0 again
+            continue
+        try:
+            fields = dict(kv.split("=", 1) for kv in rest.split())
+            at = float(fields["at"]) if "at" in fields else time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
+            cpu_s = float(fields["cpu_s"])
+            ram, gpu = float(fields["ram_mb"]), fields.get("gpu_mb", "-")
+        except (ValueError, KeyError):
+            continue  # a torn or foreign line
+        out["t"].append(at - (t0 if t0 is not None else at))
+        out["ram_mb"].append(ram)
+        out["gpu_mb"].append(float(gpu) if gpu != "-" else math.nan)
+        out["cpu_pct"].append(100 * (cpu_s - prev[1]) / (at - prev[0]) if prev and at > prev[0] else math.nan)
+        prev = (at, cpu_s)
+    return out
 
 
 def _failures_by_type(ledger: Ledger) -> list[dict[str, Any]]:
@@ -93,7 +152,7 @@ def _rate(times: list[float], rows: list[int], t0: float | None) -> dict[str, li
         return {"t": [], "width_s": [], "items_per_s": []}
     end, gaps = times[-1], sorted(b - a for a, b in itertools.pairwise(times))
     # Twice the usual gap between commits at least: narrower intervals would alternate between 0 and a spike.
-    width = _nice(max((end - t0) / RATE_BUCKETS, 2 * gaps[len(gaps) // 2] if gaps else 0, 1e-3))
+    width = nice(max((end - t0) / RATE_BUCKETS, 2 * gaps[len(gaps) // 2] if gaps else 0, 1e-3))
     n = max(1, math.ceil((end - t0) / width - 1e-9))
     edges = [t0] + [end - k * width for k in range(n - 1, -1, -1)]
     if n > 1 and edges[1] - edges[0] < width / 2:
@@ -189,11 +248,16 @@ def render_text(data: dict[str, Any]) -> str:
 
 def render_html(data: dict[str, Any]) -> str:
     """Well-formed XML as well as HTML, so that tests and tools can parse it."""
-    body = _map_body(data) if data["kind"] == "map" else _loop_body(data)
     title = _e(f"durabatch report: {data['run_dir']}")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"/><title>{title}</title>'
             f"<style>{CSS}</style></head>\n<body><h1>{title}</h1>\n<p class=\"meta\">{_e(data['kind'])} run; "
-            f"generated {_when(data['generated_at'])}; {_e(data['report'])}</p>\n{body}\n</body></html>\n")
+            f"generated {_when(data['generated_at'])}; {_e(data.get('report'))}</p>\n{body_html(data)}\n"
+            "</body></html>\n")
+
+
+def body_html(data: dict[str, Any]) -> str:
+    """The tables and charts of one run directory: the report's body, and what the dashboard refreshes."""
+    return _map_body(data) if data["kind"] == "map" else _loop_body(data)
 
 
 def _map_body(data: dict[str, Any]) -> str:
@@ -201,36 +265,77 @@ def _map_body(data: dict[str, Any]) -> str:
     totals = [("state", _e(data["state"]))] + [(k.replace("_", " "), f"{v:,}" if isinstance(v, int) else "?")
                                                for k, v in t.items() if k != "bytes"]
     totals.append(("output", f"{t['bytes']:,} bytes ({t['bytes'] / 1e6:,.1f} MB)"))
-    totals += [(f"api {k}", _e(f"{v:,.4g}" if isinstance(v, float) else v)) for k, v in (data["api"] or {}).items()]
-    cum_t, t_label = _time_axis(s["cumulative"]["t"])
-    rate_t, _ = _time_axis(s["rate"]["t"])  # ends at the last commit too: the same unit
-    runs = [_run_row(r, running=bool(data["pid"]) and r is data["runs"][-1]) for r in data["runs"]]
+    div, t_label = time_axis(s["cumulative"]["t"], s["rate"]["t"], data["resources"]["t"])
+    restarts = [r / div for r in s["restarts"]]
+    marks = [(r, f"run {i + 2}") for i, r in enumerate(restarts)]
+
+    def over_time(title: str, ts: list[float], ys: list[float], unit: str) -> str:
+        return chart(title, [x / div for x in ts], ys, t_label, unit, zero=True, breaks=restarts, marks=marks)
+
+    res = data["resources"]
     failures = [[_e(f["error_type"]), *(str(f[st]) for st in STATES.values()), _e(f["example"])]
                 for f in data["failures_by_type"]]
     return "\n".join([
-        "<h2>Totals</h2>", _table(["", "value"], [[_e(k), v] for k, v in totals]),
+        "<h2>Totals</h2>", _table(["", "value"], [[_e(k), v] for k, v in totals]), _api_table(data["api"]),
         "<h2>Progress</h2>",
-        _chart("items done (cumulative)", cum_t, s["cumulative"]["done"], t_label, "items", zero=True),
-        _chart("throughput per interval (items/s)", rate_t, s["rate"]["items_per_s"], t_label, "items/s", zero=True),
+        over_time("items done (cumulative)", s["cumulative"]["t"], s["cumulative"]["done"], "items"),
+        over_time("throughput per interval (items/s)", s["rate"]["t"], s["rate"]["items_per_s"], "items/s"),
+        "<h2>Resources</h2>",
+        *([over_time("RAM, runner and workers (MB)", res["t"], res["ram_mb"], "MB"),
+           over_time("CPU, runner process (% of one core)", res["t"], res["cpu_pct"], "%"),
+           over_time("GPU memory (MB)", res["t"], res["gpu_mb"], "MB")] if res["t"] else
+          ['<p class="empty">No resource samples in logs/run.log (runs before they were recorded).</p>']),
         "<h2>Failures by error type</h2>",
         _table(["error type", *(st.replace("_", " ") for st in STATES.values()), "example message"], failures)
         if failures else '<p class="empty">No failures.</p>',
+        _attempts_table(data["failed_items"], t["failed"] + t["quarantined"] + t["interrupted"] + t["pending_retry"]),
         "<h2>Runs</h2>",
-        _table(["run", "started", "ended", "took", "exit code", "done before", "done", "failed"], runs)])
+        _table(["run", "started", "ended", "took", "end", "done before", "done", "failed"],
+               [_run_row(r) for r in data["runs"]]),
+        "<h2>What was run</h2>", _job_table(data["job"])])
 
 
-def _run_row(run: dict[str, Any], running: bool) -> list[str]:
+def _api_table(api: dict[str, Any] | None) -> str:
+    if not api:
+        return ""
+    names = {"requests_per_min": "requests/min (last minute)", "tokens_per_min": "tokens/min (last minute)",
+             "rate_limited": "429s (rate limited)", "cost": "cost (in the unit of --price-input/--price-output)"}
+    rows = [[_e(names.get(k, k.replace("_", " "))), _e(f"{v:,.4g}" if isinstance(v, float) else v)]
+            for k, v in api.items()]
+    return "<h3>API (the latest run, as of its last commit)</h3>" + _table(["", "value"], rows)
+
+
+def _attempts_table(items: list[dict[str, Any]], count: int) -> str:
+    if not items:
+        return ""
+    rows = [[_e(f["key"]), _e(f["state"]), str(f["attempts"]),
+             "<br/>".join(_e(f"{_when(a['at'])} {a['error_type']}: {a['message']}") for a in f["history"])
+             or _e(f"{f['error_type']}: {f['message']}")] for f in items]
+    more = f" (the first {len(items)} of {count:,})" if count > len(items) else ""
+    return f"<h3>Failed items{more}, every attempt</h3>" + _table(["key", "state", "attempts", "history"], rows)
+
+
+def _job_table(job: dict[str, Any] | None) -> str:
+    if not job:
+        return '<p class="empty">No job.json.</p>'
+    settings = job.get("settings") or {}
+    rows = [[_e(k), _e(json.dumps(v, default=str) if isinstance(v, dict | list) else v)]
+            for k, v in (settings.items() if isinstance(settings, dict) else [("settings", settings)])
+            if v not in (None, "", [], {})]  # the settings given or defaulted, not the ones left unset
+    return _table(["setting", "value"], rows)
+
+
+def _run_row(run: dict[str, Any]) -> list[str]:
     ended = run["ended_at"]
-    return [str(run["id"]), _when(run["started_at"]),
-            _when(ended) if ended else "running" if running else "no end recorded (killed?)",
-            format_duration(ended - run["started_at"]) if ended else "", _e(run["exit_code"]),
-            *(f"{run[k]:,}" if isinstance(run[k], int) else "" for k in ("already_done", "done", "failed"))]
+    return [str(run["id"]), _when(run["started_at"]), _when(ended) if ended else "",
+            format_duration(ended - run["started_at"]) if ended else "", _e(run["end_state"]),
+            *(f"{run[k]:,}" if isinstance(run[k], int) else "" for k in ("done_before", "done", "failed"))]
 
 
 def _loop_body(data: dict[str, Any]) -> str:
     metrics, speed = data["series"]["metrics"], data["series"]["steps_per_s"]
-    charts = [_chart(f"{name} by step", m["step"], m["value"], "step", name) for name, m in metrics.items()]
-    speed_t, t_label = _time_axis(speed["t"])
+    charts = [chart(f"{name} by step", m["step"], m["value"], "step", name) for name, m in metrics.items()]
+    div, t_label = time_axis(speed["t"])
     kept = [[_e(c["step"]), _e(c["reason"]), _when(c["time"]), format_duration(c["elapsed"]),
              _e(", ".join(f"{k}={v:.4g}" for k, v in (c["metrics"] or {}).items()))] for c in data["checkpoints"]]
     summary = [["checkpoints recorded", f"{data['records']:,}"], ["sessions (process starts)", str(data["sessions"])],
@@ -238,7 +343,8 @@ def _loop_body(data: dict[str, Any]) -> str:
     return "\n".join([
         "<h2>Summary</h2>", _table(["", "value"], summary),
         "<h2>Metrics</h2>", *(charts or ['<p class="empty">No metrics recorded yet.</p>']),
-        _chart("training speed (steps/s)", speed_t, speed["steps_per_s"], t_label, "steps/s", zero=True),
+        chart("training speed (steps/s)", [x / div for x in speed["t"]], speed["steps_per_s"], t_label, "steps/s",
+              zero=True),
         "<h2>Checkpoints kept</h2>",
         _table(["step", "reason", "saved", "into the session", "metrics"], kept) if kept else
         '<p class="empty">None on disk.</p>'])
@@ -249,76 +355,6 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     return f"<table><tr>{head}</tr>" + "".join(f"<tr>{''.join(f'<td>{c}</td>' for c in r)}</tr>" for r in rows) + \
         "</table>"
-
-
-# -- charts ----------------------------------------------------------------------------------------------------
-def _chart(title: str, xs: list[float], ys: list[float], x_label: str, y_label: str, zero: bool = False) -> str:
-    """A line chart as inline SVG: one polyline, a marker per point when there are few, ticks on both axes."""
-    pts = [(x, y) for x, y in zip(xs, ys, strict=True) if isinstance(y, int | float) and math.isfinite(y)]
-    if not pts:
-        return f'<p class="empty">{_e(title)}: no data yet.</p>'
-    if len(pts) > MAX_POINTS:
-        stride = math.ceil(len(pts) / MAX_POINTS)
-        pts = pts[::stride] + ([pts[-1]] if (len(pts) - 1) % stride else [])
-    xt = _ticks(min(0.0, *(x for x, _ in pts)), max(x for x, _ in pts))  # x: a step or time since the start
-    yt = _ticks(min([y for _, y in pts] + ([0.0] if zero else [])), max(y for _, y in pts))
-    pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
-
-    def px(x: float) -> float:
-        return round(LEFT + (x - xt[0]) / (xt[-1] - xt[0]) * pw, 1)
-
-    def py(y: float) -> float:
-        return round(TOP + ph - (y - yt[0]) / (yt[-1] - yt[0]) * ph, 1)
-
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
-           f'aria-label="{_e(title)}" font-family="sans-serif" font-size="11" fill="#333">',
-           f'<text x="{W / 2}" y="18" text-anchor="middle" font-size="13" font-weight="bold">{_e(title)}</text>']
-    out += [f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{py(v)}" y2="{py(v)}" stroke="#e5e5e5"/>'
-            f'<text x="{LEFT - 6}" y="{py(v) + 4}" text-anchor="end">{label}</text>' for v, label in
-            zip(yt, _labels(yt), strict=True)]
-    out += [f'<line x1="{px(v)}" x2="{px(v)}" y1="{TOP + ph}" y2="{TOP + ph + 4}" stroke="#888"/>'
-            f'<text x="{px(v)}" y="{TOP + ph + 16}" text-anchor="middle">{label}</text>' for v, label in
-            zip(xt, _labels(xt), strict=True)]
-    out += [f'<path d="M{LEFT},{TOP}V{TOP + ph}H{W - RIGHT}" fill="none" stroke="#888"/>',
-            f'<text x="{LEFT + pw / 2}" y="{H - 6}" text-anchor="middle">{_e(x_label)}</text>',
-            f'<text transform="translate(14 {TOP + ph / 2}) rotate(-90)" text-anchor="middle">{_e(y_label)}</text>',
-            '<polyline fill="none" stroke="#1f77b4" stroke-width="1.6" points="'
-            + " ".join(f"{px(x)},{py(y)}" for x, y in pts) + '"/>']
-    if len(pts) <= 60:  # markers show a lone point, and the exact value on hover
-        out += [f'<circle cx="{px(x)}" cy="{py(y)}" r="2.5" fill="#1f77b4"><title>{x:.6g}: {y:.6g}</title>'
-                "</circle>" for x, y in pts]
-    return "\n".join(out) + "\n</svg>"
-
-
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About n round tick values covering [lo, hi]; the first and last are the axis ends."""
-    if hi <= lo:
-        pad = abs(lo) * 0.1 or 1.0
-        lo, hi = lo - pad, hi + pad
-    step = _nice((hi - lo) / n)
-    start = math.floor(lo / step) * step
-    return [start + i * step for i in range(max(1, math.ceil((hi - start) / step - 1e-9)) + 1)]
-
-
-def _nice(x: float) -> float:
-    """The smallest of 1, 2, 5 times a power of ten that is >= x."""
-    power = 10 ** math.floor(math.log10(x)) if x > 0 else 1.0
-    return next(m * power for m in (1, 2, 5, 10) if x <= m * power * (1 + 1e-9))
-
-
-def _labels(ticks: list[float]) -> list[str]:
-    """Tick labels in one unit for the axis: 0, 5k, 10k; 0.0, 0.5, 1.0; 0, 2e-07, 4e-07."""
-    step, top = ticks[1] - ticks[0], max(abs(t) for t in ticks)
-    div, suffix = next(((d, s) for d, s in ((1e9, "G"), (1e6, "M"), (1e3, "k")) if top >= max(d, 1e4)), (1.0, ""))
-    decimals = max(0, -math.floor(math.log10(step / div) + 1e-9))
-    return ["0" if abs(t) < step * 1e-6 else f"{t / div:.{decimals}f}{suffix}" if decimals <= 4 else f"{t:.2g}"
-            for t in ticks]
-
-
-def _time_axis(ts: list[float]) -> tuple[list[float], str]:
-    span = max(ts, default=0.0)
-    unit, div = ("h", 3600) if span >= 7200 else ("min", 60) if span >= 120 else ("s", 1)
-    return [t / div for t in ts], f"time since start ({unit})"
 
 
 def _when(t: float | None) -> str:

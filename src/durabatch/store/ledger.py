@@ -156,10 +156,13 @@ class Ledger:
         return job_id(json.loads(row[0])) if row else None
 
     # -- runs ------------------------------------------------------------------------------------------------
-    def start_run(self, already_done: int) -> int:
+    def start_run(self) -> int:
+        """A run begins: recorded with the items already finished (done, or failed for good) before it."""
         with self.transaction() as c:
+            before = self.count_done() + c.execute("SELECT count(*) FROM failures WHERE state != ?",
+                                                   (ItemState.PENDING.value,)).fetchone()[0]
             cur = c.execute("INSERT INTO runs (pid, host, started_at, already_done) VALUES (?, ?, ?, ?)",
-                            (os.getpid(), os.uname().nodename, time.time(), already_done))
+                            (os.getpid(), os.uname().nodename, time.time(), before))
             return int(cur.lastrowid)
 
     def end_run(self, run_id: int, exit_code: int, done: int, failed: int) -> None:
@@ -294,10 +297,11 @@ class Ledger:
         return history
 
     def progress_mark(self) -> tuple:
-        """Changes whenever a run gets anywhere: items done or failed, suspects found, guilt pinned."""
+        """Changes whenever a run gets anywhere: items done or failed, suspects found, groups split, guilt pinned."""
         c = self.conn
         return (self.count_done(), c.execute("SELECT count(*), group_concat(state) FROM failures").fetchone(),
-                c.execute("SELECT count(*), coalesce(sum(guilt), 0) FROM suspects").fetchone())
+                c.execute("SELECT count(*), coalesce(sum(guilt), 0) FROM suspects").fetchone(),
+                self.get_meta("suspect_caps"))  # a suspect group split by a death is progress too
 
     def integrity(self) -> str:
         """SQLite's integrity check: 'ok', or what is wrong."""

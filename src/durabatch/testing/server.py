@@ -19,8 +19,11 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from ..policies.limits import report_headers
 
 
 @dataclass
@@ -28,6 +31,8 @@ class ServerConfig:
     rpm: float | None = None  # requests per minute, enforced per `window` seconds (as providers do)
     tpm: float | None = None
     window: float = 1.0
+    refill: str = "window"  # "window": fixed windows; "bucket": continuous refill, a burst of one window's worth
+    headers: bool = False  # send x-ratelimit-limit/remaining/reset-requests (OpenAI's names) with every answer
     latency_median: float = 0.05  # lognormal
     latency_sigma: float = 0.3
     tail_fraction: float = 0.0  # this share of requests take tail_latency instead
@@ -38,6 +43,8 @@ class ServerConfig:
     malformed_rate: float = 0.0  # 200 with a body that is not JSON
     reject_until: float = 0.0  # answer 429 to everything for this many seconds after start (a burst)
     seed: int = 0
+    # the reply text for a prompt (default "Answer: <A-D>" from answer_for): lets a recipe bring its own "model"
+    answer: Callable[[str], str] | None = None
 
 
 @dataclass
@@ -65,6 +72,9 @@ class LLMServer:
         self._window_start = 0.0
         self._window_requests = 0
         self._window_tokens = 0.0
+        self._bucket_at = time.monotonic()
+        self._requests_level = (self.config.rpm or 0) * self.config.window / 60  # bucket mode: full at start
+        self._tokens_level = (self.config.tpm or 0) * self.config.window / 60
         self.started = time.monotonic()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
@@ -91,6 +101,8 @@ class LLMServer:
                 wait = c.reject_until - (now - self.started)
                 self.log.rejections.append((now, wait))
                 return wait
+            if c.refill == "bucket":
+                return self._admit_bucket(now, tokens)
             if now - self._window_start >= c.window:
                 self._window_start = now - (now - self.started) % c.window
                 self._window_requests = 0
@@ -104,6 +116,48 @@ class LLMServer:
             self._window_requests += 1
             self._window_tokens += tokens
             return None
+
+    def _admit_bucket(self, now: float, tokens: float) -> float | None:
+        """Continuous refill (under the lock): rpm/60 requests a second, up to one window's worth saved up."""
+        c = self.config
+        self._refill(now)
+        waits = []
+        if c.rpm is not None and self._requests_level < 1:
+            waits.append((1 - self._requests_level) * 60 / c.rpm)
+        if c.tpm is not None and self._tokens_level < tokens:
+            waits.append((tokens - self._tokens_level) * 60 / c.tpm)
+        if waits:
+            self.log.rejections.append((now, max(waits)))
+            return max(waits)
+        self._requests_level -= 1
+        self._tokens_level -= tokens
+        return None
+
+    def _refill(self, now: float) -> None:
+        c = self.config
+        elapsed, self._bucket_at = now - self._bucket_at, now
+        if c.rpm is not None:
+            self._requests_level = min(c.rpm * c.window / 60, self._requests_level + elapsed * c.rpm / 60)
+        if c.tpm is not None:
+            self._tokens_level = min(c.tpm * c.window / 60, self._tokens_level + elapsed * c.tpm / 60)
+
+    def limit_headers(self) -> dict[str, str]:
+        """x-ratelimit-*-requests as OpenAI sends them (limit per minute; remaining now; time to a full quota)."""
+        c = self.config
+        if not c.headers or c.rpm is None:
+            return {}
+        with self._lock:
+            now = time.monotonic()
+            if c.refill == "bucket":
+                self._refill(now)
+                remaining = self._requests_level
+                reset = (c.rpm * c.window / 60 - remaining) * 60 / c.rpm
+            else:
+                remaining = c.rpm * c.window / 60 - self._window_requests
+                reset = max(0.0, self._window_start + c.window - now)
+        return {"x-ratelimit-limit-requests": str(int(c.rpm)),
+                "x-ratelimit-remaining-requests": str(max(0, int(remaining))),
+                "x-ratelimit-reset-requests": f"{reset:.3f}s"}
 
     def latency(self) -> float:
         """How long to take over this answer: lognormal around latency_median, or the tail latency."""
@@ -157,7 +211,9 @@ class LLMServer:
                                                  "code": "rate_limit_exceeded"}}).encode()
                     return self._send(429, body, {"retry-after": f"{retry_after:.3f}",
                                                   "retry-after-ms": str(int(retry_after * 1000)),
-                                                  "x-ratelimit-reset-requests": f"{retry_after:.3f}s"})
+                                                  "x-ratelimit-reset-requests": f"{retry_after:.3f}s",
+                                                  **{k: v for k, v in server.limit_headers().items()
+                                                     if k != "x-ratelimit-reset-requests"}})
                 fault = server.fault()
                 time.sleep(server.latency() if fault != "hang" else server.config.hang_seconds)
                 if fault == "error":
@@ -165,17 +221,17 @@ class LLMServer:
                     return self._send(500, b'{"error": {"message": "internal error", "type": "server_error"}}')
                 if fault == "malformed":
                     return self._send(200, b'{"id": "chatcmpl-x", "choices": [')
-                letter = answer_for(prompt)
+                content = server.config.answer(prompt) if server.config.answer else f"Answer: {answer_for(prompt)}"
                 body = {
                     "id": "chatcmpl-" + hashlib.sha256(prompt.encode()).hexdigest()[:12], "object": "chat.completion",
                     "created": int(time.time()), "model": request.get("model", "local"),
                     "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": f"Answer: {letter}"}}],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 3,
-                              "total_tokens": prompt_tokens + 3},
+                                 "message": {"role": "assistant", "content": content}}],
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(content) // 4 + 1,
+                              "total_tokens": prompt_tokens + len(content) // 4 + 1},
                 }
                 server.log.ok += 1
-                self._send(200, json.dumps(body).encode())
+                self._send(200, json.dumps(body).encode(), server.limit_headers())
 
         return Handler
 
@@ -192,8 +248,10 @@ class AskAsync:
         self.client = AsyncOpenAI(base_url=os.environ.get("LLM_BASE_URL"), max_retries=0, timeout=30)
 
     async def __call__(self, record: dict) -> dict:
-        response = await self.client.chat.completions.create(
+        raw = await self.client.chat.completions.with_raw_response.create(
             model="local", messages=[{"role": "user", "content": record["question"]}])
+        report_headers(raw.headers)  # the provider's x-ratelimit-* headers: a limit known before any 429
+        response = raw.parse()
         return {"answer": response.choices[0].message.content[-1], "usage": response.usage.model_dump()}
 
     async def teardown(self) -> None:
@@ -209,8 +267,10 @@ class AskSync:
         self.client = OpenAI(base_url=os.environ.get("LLM_BASE_URL"), max_retries=0, timeout=30)
 
     def __call__(self, record: dict) -> dict:
-        response = self.client.chat.completions.create(
+        raw = self.client.chat.completions.with_raw_response.create(
             model="local", messages=[{"role": "user", "content": record["question"]}])
+        report_headers(raw.headers)
+        response = raw.parse()
         return {"answer": response.choices[0].message.content[-1], "usage": response.usage.model_dump()}
 
     def teardown(self) -> None:

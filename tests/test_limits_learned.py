@@ -1,0 +1,128 @@
+"""Issue 13, item 1: limits nobody stated. Against a continuous-refill bucket (and fixed windows) with no --rpm,
+few requests are answered 429; the provider's x-ratelimit-* headers give the limit before any 429; the learned
+rate is kept in the run directory and a resumed run starts from it. Real server on 127.0.0.1; speed is
+bench/api.py's to measure, these tests count 429s."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+
+import pytest
+
+import durabatch
+from durabatch.policies.limits import Limits, LimitSpec, RateLimiter, report_headers, reporting_to
+from durabatch.testing import AskAsync, FakeClock, LLMServer, ServerConfig
+
+pytest.importorskip("openai")
+
+
+@pytest.fixture(autouse=True)
+def api_env(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-durabatch-limits")
+
+
+def questions(n):
+    return [{"id": i, "question": f"Question {i}: which letter?"} for i in range(n)]
+
+
+def run(tmp_path, server, n, **kw):
+    os.environ["LLM_BASE_URL"] = server.url
+    return durabatch.run(AskAsync, questions(n), key="id", run_dir=tmp_path / "run", progress="off", **kw)
+
+
+def learned_meta(tmp_path):
+    with sqlite3.connect(tmp_path / "run" / "ledger.sqlite") as conn:
+        row = conn.execute("SELECT v FROM meta WHERE k = 'learned_limits'").fetchone()
+    return json.loads(row[0]) if row else None
+
+
+# -- the server ----------------------------------------------------------------------------------------------------
+def test_the_server_refills_continuously_and_sends_openai_headers():
+    with LLMServer(ServerConfig(rpm=600, refill="bucket", headers=True)) as server:
+        admitted = [server.admit(1) is None for _ in range(12)]  # a burst: one second's worth (10), then 429s
+        headers = server.limit_headers()
+    assert admitted[:10] == [True] * 10 and not any(admitted[10:])
+    assert headers["x-ratelimit-limit-requests"] == "600"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+# -- the limiter, on a fake clock ----------------------------------------------------------------------------------
+def test_headers_set_the_rate_before_any_429():
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock)
+    token = reporting_to(limiter)
+    report_headers({"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "599",
+                    "x-ratelimit-reset-requests": "100ms"})
+    waits = [limiter.wait_time() for _ in range(100)]
+    assert 100 / (waits[-1] + 1e-9) <= 10.0  # never faster than the stated 10 requests/s
+    assert waits[-1] < 100 / (0.98 * 10)  # and at least 98% of it
+    assert limiter.learned() == {"rpm": 600.0, "from": "headers"}
+    token.var.reset(token)
+
+
+def test_an_exhausted_quota_pauses_until_the_reset():
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock)
+    limiter.on_headers(600, 0, 2.5)
+    assert limiter.pause_left() == pytest.approx(2.5)
+
+
+def test_a_429_sets_the_rate_below_what_the_server_admitted():
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock)
+    for _ in range(200):  # the server admits 10 requests/s while the slow start doubles the rate
+        clock.advance(0.1)
+        limiter.on_success()
+    limiter.on_rate_limited(0.1)
+    rate = limiter.learned()["rpm"] / 60
+    assert 8.0 <= rate < 10.0
+
+
+def test_limits_seed_from_what_an_earlier_run_learned():
+    limits = Limits(clock=FakeClock())
+    limits.seed({"default": {"rpm": 600, "from": "429s"}, "gone": {"rpm": 1}})
+    assert limits.learned() == {"default": {"rpm": 600.0, "from": "429s"}}
+    stated = Limits({"default": LimitSpec(rpm=60)})
+    stated.seed({"default": {"rpm": 600, "from": "headers"}})
+    assert stated.learned() == {}  # a stated limit wins
+
+
+# -- end to end ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("refill", ["bucket", "window"])
+def test_no_stated_limit_few_429s(tmp_path, refill):
+    # 3,000 rpm = 50 requests/s, no headers: the limit is found from 429s alone.
+    with LLMServer(ServerConfig(rpm=3000, refill=refill, latency_median=0.02)) as server:
+        summary = run(tmp_path, server, 600, concurrency=32)
+        log = server.log
+    assert summary.exit_code == 0 and summary.done == 600
+    share = len(log.rejections) / len(log.arrivals)
+    assert share < 0.05, (len(log.rejections), len(log.arrivals))
+    assert learned_meta(tmp_path)["default"]["from"] == "429s"
+
+
+@pytest.mark.parametrize("refill", ["bucket", "window"])
+def test_headers_give_the_limit_and_it_is_kept(tmp_path, refill):
+    with LLMServer(ServerConfig(rpm=3000, refill=refill, headers=True, latency_median=0.02)) as server:
+        summary = run(tmp_path, server, 400, concurrency=32)
+        log = server.log
+    assert summary.exit_code == 0 and summary.done == 400
+    assert len(log.rejections) <= 0.03 * len(log.arrivals), (len(log.rejections), len(log.arrivals))
+    assert learned_meta(tmp_path) == {"default": {"rpm": 3000.0, "from": "headers"}}
+
+
+def test_a_resumed_run_starts_from_the_learned_rate(tmp_path):
+    # The first run learns 3,000 rpm from headers and stops on a budget; the resume talks to a server that sends
+    # no headers: seeded, it sends at the learned rate from its first request (a slow start would overshoot
+    # into 429s at 50/s within a second or two).
+    with LLMServer(ServerConfig(rpm=3000, refill="bucket", headers=True, latency_median=0.02)) as server:
+        first = run(tmp_path, server, 600, concurrency=32, max_tokens=2000, tokens_per_item=10)
+    assert first.exit_code == 75 and 0 < first.done < 600
+    assert learned_meta(tmp_path) == {"default": {"rpm": 3000.0, "from": "headers"}}
+    with LLMServer(ServerConfig(rpm=3000, refill="bucket", latency_median=0.02)) as server:
+        second = run(tmp_path, server, 600, concurrency=32)
+        log = server.log
+    assert second.exit_code == 0
+    assert len(log.rejections) <= 0.03 * len(log.arrivals), (len(log.rejections), len(log.arrivals))
