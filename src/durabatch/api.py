@@ -17,7 +17,8 @@ from .core.fanout import Combine, FanIn, Split, default_combine
 from .core.runner import Run, RunSummary
 from .core.spec import Batching, CommitPolicy, Job, Keys, Safety, Selection, StopPolicy
 from .engines import make_engine
-from .engines.user_fn import Work, is_async_target, resolve
+from .engines.resolve import resolve
+from .engines.user_fn import Work, is_async_target
 from .errors import ConfigError, install_redaction
 from .observe.logs import RunLog
 from .observe.progress import make_progress

@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 
 from ..core.events import Observer, Stats
-from .resources import gpu_used
+from .resources import sample
 
 RESOURCES_EVERY = 10.0  # seconds between `resources:` lines (the dashboard's and report's RAM/CPU charts)
 
@@ -39,17 +39,10 @@ class RunLog(Observer):
             return
         self._last_resources = now
         try:
-            me = psutil.Process()
-            ram = me.memory_info().rss
-            for child in me.children(recursive=True):
-                try:
-                    ram += child.memory_info().rss
-                except psutil.Error:
-                    pass
-            cpu = me.cpu_times()
+            memory, cpu = sample(), psutil.Process().cpu_times()
         except psutil.Error:
             return
-        gpu = gpu_used()
+        ram, gpu = memory.ram, memory.gpu
         gpu_mb = "-" if gpu is None else f"{gpu / 1e6:.1f}"
         self._write(f"resources: at={time.time():.3f} ram_mb={ram / 1e6:.1f} gpu_mb={gpu_mb} "
                     f"cpu_s={cpu.user + cpu.system:.2f}")

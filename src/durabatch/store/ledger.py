@@ -383,22 +383,3 @@ def _reason(exc: BaseException, path: Path) -> str:
 
 def _text(key: Any) -> str | None:
     return None if key is None else str(key)
-
-
-def salvage(path: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """What a damaged ledger still gives (its first pages often survive): (meta k -> v as stored, shard name ->
-    checksum); empty where nothing can be read."""
-    def query(sql: str) -> list[tuple[Any, ...]]:
-        if not path.exists():
-            return []
-        try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            try:
-                return conn.execute(sql).fetchall()
-            finally:
-                conn.close()
-        except sqlite3.Error:
-            return []
-
-    meta = {k: v for k, v in query("SELECT k, v FROM meta") if k != "schema_version"}
-    return meta, dict(query("SELECT name, checksum FROM shards"))

@@ -22,8 +22,9 @@ import pyarrow.parquet as pq
 from ..errors import ConfigError, LedgerError
 from ..sources.keys import all_distinct
 from . import orphans, shards
-from .ledger import Ledger, ShardRecord, salvage
+from .ledger import Ledger, ShardRecord
 from .rundir import RunDir, lock_holder, run_lock
+from .salvage import salvage
 
 UNLIST = ("missing", "corrupt", "rows", "spans", "overlap")  # repair unlists these shards: their items are redone
 
