@@ -19,7 +19,8 @@ def test_a_typo_stops_the_run_after_50_failures_with_exit_1(tmp_path, records_fi
     data = records_file(n)
     run_dir = tmp_path / "r"
     result = durabatch_cli("run", "-i", data, "--key", "id", "--fn", "fns_stops:wrong_key", "--run-dir", run_dir,
-                           "--engine", "threads", "--workers", "2", "--progress", "off", cwd=tmp_path)
+                           "--engine", "threads", "--workers", "2", "--commit-every", "100", "--progress", "off",
+                           cwd=tmp_path)  # --commit-every bounds a batch: what is in flight at the stop
     assert result.returncode == 1, result.stderr[-3000:]
     assert "50 items failed with KeyError: 'idd'" in result.stderr
     assert "--max-consecutive-failures" in result.stderr
@@ -43,8 +44,10 @@ def test_failures_with_successes_between_do_not_stop(tmp_path):
 
 
 def test_two_errors_in_turn_with_nothing_succeeding_stop_too(tmp_path):
+    # commit_every bounds a batch (per-record batches are sized by speed, up to 1,000): the count is checked
+    # between batches, so the bound below must not depend on how fast this machine is.
     summary = durabatch.run(fns_stops.alternating_errors, make_records(2000), key="id", run_dir=tmp_path / "r",
-                            max_consecutive_failures=20, progress="off")
+                            max_consecutive_failures=20, commit_every=50, progress="off")
     assert summary.exit_code == 1 and summary.stopped == "too many failures"
     assert failures(tmp_path / "r") < 100
     assert "stopped early (too many failures)" in str(summary)
