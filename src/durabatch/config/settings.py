@@ -44,10 +44,24 @@ class JobSettings(BaseModel):
         "{field: [values]} (or an Arrow table), the shape of HF map(batched=True), read and written in Arrow."
     )
     workers: int = Field(1, ge=1, description="Parallel workers.")
-    engine: Literal["inline", "threads", "processes", "asyncio"] | None = Field(
-        None, description="inline (one worker, for debugging), threads, processes or asyncio. Default: asyncio "
-        "for async functions, inline for one worker, threads otherwise."
+    engine: Literal["inline", "threads", "processes", "asyncio", "ray"] | None = Field(
+        None, description="inline (one worker, for debugging), threads, processes, asyncio or ray (a Ray "
+        "cluster: actors run batches). Default: asyncio for async functions, inline for one worker, threads "
+        "otherwise."
     )
+    gpus: str | None = Field(None, description="processes engine on one node: one worker per listed GPU, e.g. "
+                             "0,1,2,3, each with CUDA_VISIBLE_DEVICES set to its device (sets --workers).")
+    ray_address: str | None = Field(None, description="ray engine: the cluster to join (default: RAY_ADDRESS, "
+                                    "else a local Ray started for this run).")
+    cpus_per_worker: float | None = Field(None, gt=0, description="ray engine: CPUs reserved per actor (default 1).")
+    gpus_per_worker: float | None = Field(None, ge=0, description="ray engine: GPUs reserved per actor.")
+    rank: int | None = Field(None, ge=0, description="This process's share of the input, 0-based, with --ranks: "
+                             "any launcher (Slurm arrays, torchrun, k8s indexed jobs) runs ranks 0..N-1 at once.")
+    ranks: int | None = Field(None, ge=1, description="Split the input into N contiguous ranges, each with its "
+                              "own ledger and shards under the run directory; status/export/verify/report merge "
+                              "them.")
+    fresh: bool = Field(False, description="Start over: move an existing run directory aside (renamed with a "
+                        "timestamp, never deleted) and run from the beginning.")
     commit_every: int = Field(10_000, ge=1, description="Commit a shard every N finished items (1 = ultra-safe).")
     commit_seconds: float = Field(5.0, gt=0, description="... or every T seconds, whichever comes first.")
     output_format: Literal["parquet", "jsonl"] = Field("parquet", description="Shard format.")
@@ -96,6 +110,7 @@ class JobSettings(BaseModel):
     limit_by: str | None = Field(None, description="Record field naming which of --limits applies to it.")
     price_input: float | None = Field(None, ge=0, description="Price per million input tokens, for the cost shown.")
     price_output: float | None = Field(None, ge=0, description="Price per million output tokens.")
+    currency: str = Field("USD", description="The currency of --price-input/--price-output, shown with costs.")
     max_tokens: int | None = Field(None, gt=0, description="Budget: stop (exit 75) before using more tokens.")
     max_cost: float | None = Field(None, gt=0, description="Budget: stop (exit 75) before spending more.")
     deadline: str | None = Field(None, description="Stop in time before this long after the start (11h30m, 90m): "
