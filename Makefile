@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_CORE := $(VENV)/.core-installed
 STAMP_EX := $(VENV)/.examples-installed
 
-.PHONY: run test test-fast test-loaded lint bench bench-api bench-chaos bench-checkpoint setup setup-examples clean
+.PHONY: run test test-fast test-loaded lint bench bench-api bench-scaleout bench-chaos bench-checkpoint setup setup-examples clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,7 +34,20 @@ $(STAMP_CHROMIUM): | $(BIN)/python
 	command -v chromium || (apt-get update -qq && apt-get install -y -qq chromium)
 	touch $@
 
-test: $(STAMP_EX) $(STAMP_CHROMIUM)
+# Slurm for tests/test_slurm.py: Debian's slurm-wlm and munge (as root; ~10-20 s on a fresh machine). The tests
+# start a private single-node cluster of their own (tests/cluster/slurm.sh start DIR) and stop it at the end.
+STAMP_SLURM := $(VENV)/.slurm-installed
+$(STAMP_SLURM): tests/cluster/slurm.sh | $(BIN)/python
+	bash tests/cluster/slurm.sh install
+	touch $@
+
+# Ray for the ray engine (tests/test_ray.py starts a private two-node cluster on loopback); ~80 MB download.
+STAMP_RAY := $(VENV)/.ray-installed
+$(STAMP_RAY): $(STAMP_CORE)
+	$(BIN)/pip install -q -e '.[ray]'
+	touch $@
+
+test: $(STAMP_EX) $(STAMP_CHROMIUM) $(STAMP_SLURM) $(STAMP_RAY)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/python -m pytest -q -x
 
@@ -56,6 +69,9 @@ bench: $(STAMP_CORE)
 
 bench-api: $(STAMP_EX)
 	$(BIN)/python bench/api.py
+
+bench-scaleout: $(STAMP_RAY)
+	$(BIN)/python bench/scaleout.py
 
 bench-chaos: $(STAMP_CORE)
 	$(BIN)/python bench/chaos.py

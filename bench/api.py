@@ -9,10 +9,12 @@ streaming pool of 64 that retries 429s at once. The floor is 40 s (2,000 request
 
 Issue 13 arms (`--issue13 [--runs 5]`, 600 requests at 600 rpm, runs interleaved, medians with min-max): no
 stated limit against a continuous-refill bucket (429 share, share of the limit), the same with OpenAI's
-x-ratelimit-* headers, and a resume after a kill -9 with many calls in flight (rate from the resume's first
-request to its end, and from the resume's process start).
+x-ratelimit-* headers, a resume after a kill -9 with many calls in flight (rate from the resume's first
+request to its end, and from the resume's process start), the seed 004 pattern against the same continuous
+refill (for comparison), and the warm-stop latency of an asyncio job (SIGINT/SIGTERM to exit, with nothing in
+flight, and with slow calls in flight: time beyond the slowest call in flight).
 
-    python bench/api.py --issue13 --runs 5
+    python bench/api.py --issue13 --runs 5 [--arms resume stop]
 """
 
 from __future__ import annotations
@@ -124,6 +126,45 @@ def unstated(n: int, rpm: float, headers: bool) -> dict:
             "requests_429": len(log.rejections), "failed": summary.failed_total + n - summary.done}
 
 
+def seed004_bucket(n: int, rpm: float) -> dict:
+    """The seed 004 pattern against the continuous-refill limit the issue 13 arms use."""
+    config = ServerConfig(rpm=rpm, refill="bucket", latency_median=0.05, latency_sigma=0.3, tail_fraction=0.05,
+                          tail_latency=0.5, seed=1)
+    with LLMServer(config) as server:
+        t0 = time.monotonic()
+        asyncio.run(seed004(server.url, questions(n), rpm))
+        elapsed = time.monotonic() - t0
+        log = server.log
+    return {"share_of_limit": n / elapsed * 60 / rpm, "share_429": len(log.rejections) / len(log.arrivals),
+            "requests_429": len(log.rejections)}
+
+
+def stop_latency(slow: bool, sig: int) -> dict:
+    """A warm stop (SIGINT or SIGTERM) of a running asyncio job, grace 30 s. Not slow: --rpm 3, so after the
+    first call every item waits for the limit and nothing is in flight. Slow: every call takes 3 s, 8 at once;
+    the stop must wait for them, and only for them (`beyond`: exit minus the end of the slowest call in flight)."""
+    latency = 3.0 if slow else 0.05
+    config = ServerConfig(latency_median=latency, latency_sigma=0.0, seed=1)
+    with LLMServer(config) as server, tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "q.jsonl"
+        data.write_text("".join(json.dumps(q) + "\n" for q in questions(200)))
+        env = {**os.environ, "LLM_BASE_URL": server.url}
+        cmd = [sys.executable, "-m", "durabatch", "run", "-i", str(data), "--key", "id", "--fn",
+               "durabatch.testing:AskAsync", "--run-dir", str(Path(tmp) / "r"), "--concurrency", "8",
+               "--grace-seconds", "30", "--progress", "off", *(() if slow else ("--rpm", "3"))]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while len(server.log.arrivals) < (8 if slow else 1):
+            time.sleep(0.02)
+        time.sleep(1.0)  # mid-call (slow), or well after the first call (nothing in flight)
+        started = list(server.log.arrivals)
+        t_signal = time.monotonic()
+        proc.send_signal(sig)
+        code = proc.wait(timeout=120)
+        t_exit = time.monotonic()
+    slowest_end = max(started) + latency if slow else t_signal
+    return {"seconds": t_exit - t_signal, "beyond": t_exit - max(slowest_end, t_signal), "exit": code}
+
+
 def resume(n: int, rpm: float, kill_after: int) -> dict:
     """--rpm stated, concurrency 64: kill -9 the runner once `kill_after` answers came back (up to 256 calls are
     then dispatched and waiting for the limiter), then resume and time the resume."""
@@ -152,33 +193,63 @@ def resume(n: int, rpm: float, kill_after: int) -> dict:
     to_go = int(resumed[0].split(",")[-1].split()[0]) if resumed else n
     span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else elapsed
     return {"share_of_limit": to_go / span * 60 / rpm, "share_from_start": to_go / elapsed * 60 / rpm,
-            "suspects": done, "items": to_go, "exit": second.returncode}
+            "suspects": done, "items": to_go, "exit": second.returncode,
+            "to_first_request": arrivals[0] - t0 if arrivals else None,
+            "after_last_request": t0 + elapsed - arrivals[-1] if arrivals else None}
 
 
 def median_spread(values: list[float]) -> str:
     return f"{100 * statistics.median(values):.1f}% ({100 * min(values):.1f}-{100 * max(values):.1f})"
 
 
-def issue13(runs: int) -> None:
-    names = ("no limit stated, no headers", "no limit stated, x-ratelimit headers", "resume after kill -9")
+def issue13(runs: int, only: set[str] | None = None) -> None:
+    arms = {"no limit stated, no headers": lambda i: unstated(600, 600, headers=False),
+            "no limit stated, x-ratelimit headers": lambda i: unstated(600, 600, headers=True),
+            "resume after kill -9": lambda i: resume(600, 600, kill_after=250),
+            "seed 004 pattern": lambda i: seed004_bucket(600, 600),
+            "warm stop, nothing in flight": lambda i: stop_latency(False, (signal.SIGINT, signal.SIGTERM)[i % 2]),
+            "warm stop, 3 s calls in flight": lambda i: stop_latency(True, (signal.SIGINT, signal.SIGTERM)[i % 2])}
+    names = [name for name in arms if only is None or any(word in name for word in only)]
     results: dict[str, list[dict]] = {name: [] for name in names}
     for i in range(runs):  # interleaved: a slow moment of the machine falls on every arm alike
-        results[names[0]].append(unstated(600, 600, headers=False))
-        results[names[1]].append(unstated(600, 600, headers=True))
-        results[names[2]].append(resume(600, 600, kill_after=250))
+        for name in names:
+            results[name].append(arms[name](i))
         print(f"run {i + 1}: " + "; ".join(f"{k}: {json.dumps(v[-1])}" for k, v in results.items()), flush=True)
+    print_issue13(results, runs)
+
+
+def print_issue13(results: dict[str, list[dict]], runs: int) -> None:
+    names = list(results)
     print(f"\n| arm (600 requests, 600 rpm, continuous refill; median of {runs}, min-max) | share of the limit | "
           "share of requests answered 429 |")
     print("| --- | ---: | ---: |")
-    for name in names[:2]:
+    for name in names:
         rows = results[name]
-        print(f"| {name} | {median_spread([r['share_of_limit'] for r in rows])} | "
-              f"{median_spread([r['share_429'] for r in rows])} |")
-    rows = results[names[2]]
-    print(f"| {names[2]} (--rpm 600; {statistics.median([r['suspects'] for r in rows]):.0f} suspects, "
-          f"{statistics.median([r['items'] for r in rows]):.0f} items to go): from its first request | "
-          f"{median_spread([r['share_of_limit'] for r in rows])} | |")
-    print(f"| the same, from the resume's process start | {median_spread([r['share_from_start'] for r in rows])} | |")
+        if name.startswith("warm stop"):
+            continue
+        if name.startswith("resume"):
+            print(f"| {name} (--rpm 600; {statistics.median([r['suspects'] for r in rows]):.0f} suspects, "
+                  f"{statistics.median([r['items'] for r in rows]):.0f} items to go): from its first request | "
+                  f"{median_spread([r['share_of_limit'] for r in rows])} | |")
+            print(f"| the same, from the resume's process start (first request after "
+                  f"{seconds_spread([r['to_first_request'] for r in rows])}) | "
+                  f"{median_spread([r['share_from_start'] for r in rows])} | |")
+        else:
+            print(f"| {name} | {median_spread([r['share_of_limit'] for r in rows])} | "
+                  f"{median_spread([r['share_429'] for r in rows])} |")
+    stops = [name for name in names if name.startswith("warm stop")]
+    if stops:
+        print(f"\n| warm stop of an asyncio job, grace 30 s (SIGINT and SIGTERM alternately; median of {runs}, "
+              "min-max) | signal to exit | beyond the slowest call in flight |")
+        print("| --- | ---: | ---: |")
+        for name in stops:
+            rows = results[name]
+            print(f"| {name} | {seconds_spread([r['seconds'] for r in rows])} | "
+                  f"{seconds_spread([r['beyond'] for r in rows])} |")
+
+
+def seconds_spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} s ({min(values):.2f}-{max(values):.2f})"
 
 
 def main() -> None:
@@ -187,9 +258,10 @@ def main() -> None:
     parser.add_argument("--rpm", type=float, default=3000)
     parser.add_argument("--issue13", action="store_true", help="the issue 13 arms only (600 requests, 600 rpm)")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--arms", nargs="*", help="issue 13 arms whose name holds one of these words (default: all)")
     args = parser.parse_args()
     if args.issue13:
-        return issue13(args.runs)
+        return issue13(args.runs, set(args.arms) if args.arms else None)
     rows = []
     for name in ("durabatch --rpm", "durabatch, limit unstated", "seed 004 pattern", "unlimited pool of 64"):
         row = arm(name, args.requests, args.rpm)

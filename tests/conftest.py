@@ -143,10 +143,13 @@ def log_has(path: Path, text: str) -> bool:
 
 
 # -- reading results back ------------------------------------------------------------------------------------------
-def read_export(run_dir: Path, tmp_path: Path, failed: bool = False, suffix: str = ".parquet") -> pa.Table:
-    """`durabatch export RUN_DIR --to ...` (with --failed if asked) as a real subprocess, read back with pyarrow."""
+def read_export(run_dir: Path, tmp_path: Path, failed: bool = False, suffix: str = ".parquet",
+                partial: bool = False) -> pa.Table:
+    """`durabatch export RUN_DIR --to ...` (with --failed if asked; --partial for a job stopped on purpose before
+    its end) as a real subprocess, read back with pyarrow."""
     out = tmp_path / f"export{'-failed' if failed else ''}{suffix}"
-    result = durabatch_cli("export", run_dir, "--to", out, *(["--failed"] if failed else []), cwd=tmp_path)
+    result = durabatch_cli("export", run_dir, "--to", out, *(["--failed"] if failed else []),
+                           *(["--partial"] if partial else []), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     if suffix == ".parquet":
         return pq.read_table(out)
@@ -154,9 +157,9 @@ def read_export(run_dir: Path, tmp_path: Path, failed: bool = False, suffix: str
     return pa.Table.from_pylist(rows)
 
 
-def export_ids(run_dir: Path, tmp_path: Path, column: str = "id") -> list:
+def export_ids(run_dir: Path, tmp_path: Path, column: str = "id", partial: bool = False) -> list:
     """The key column of the export, in export order."""
-    return read_export(run_dir, tmp_path).column(column).to_pylist()
+    return read_export(run_dir, tmp_path, partial=partial).column(column).to_pylist()
 
 
 def ledger_query(run_dir: Path, sql: str, params: tuple = ()) -> list[tuple]:

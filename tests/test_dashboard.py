@@ -1,10 +1,12 @@
 """`durabatch dashboard`: the server in-process on a free port over real run directories (a job with failures and
-a restart, an API-like job with rate limits), its JSON endpoints, and the page rendered by a real headless
-Chromium (its JS run) showing the numbers."""
+a restart, an API-like job with rate limits, a training loop logging metrics by step), its JSON endpoints, and
+the page in a real headless Chromium: the numbers shown, loaded with every other host blocked, charts drawn, no
+console error, a failed item's traceback two clicks away."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -14,8 +16,10 @@ from pathlib import Path
 
 import pytest
 import userfns
+from browser import SKIP_REASON, Browser
 
 import durabatch
+from durabatch.loops.checkpointer import Checkpointer, PickleState
 from durabatch.observe.dashboard import make_server
 
 CHROMIUM = shutil.which("chromium")
@@ -32,7 +36,19 @@ def runs(tmp_path_factory) -> list[Path]:
     api = base / "api"
     durabatch.run(userfns.digest, records[:50], key="id", run_dir=str(api), engine="threads", workers=4, rpm=60000,
                   commit_every=10, progress="off")
-    return [failing, api]
+    return [failing, api, logged_loop(base / "loop")]
+
+
+def logged_loop(run_dir: Path) -> Path:
+    """300 steps on a fake clock (10 ms a step), a loss and an accuracy logged every step, checkpoints every 100."""
+    now, state = [1000.0], {"n": 0}
+    ckpt = Checkpointer(run_dir, PickleState(lambda: state["n"], lambda v: state.update(n=v)), every_steps=100,
+                        fsync=False, clock=lambda: now[0], progress="off")
+    for step in ckpt.range(300):
+        now[0] += 0.01
+        state["n"] += 1
+        ckpt.log(loss=1 / (step + 1), accuracy=step / 300)
+    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +72,12 @@ def test_binds_to_localhost_only(server):
 
 
 def test_runs_endpoint_counts(server):
-    failing, api = get(server, "/api/runs")
+    failing, api, loop = get(server, "/api/runs")
     assert (failing["done"], failing["failed"], failing["total"], failing["state"]) == (171, 29, 200, "finished")
     assert (api["done"], api["failed"], api["total"]) == (50, 0, 50)
     assert api["api"]["requests"] == 50
+    assert loop["kind"] == "loop" and (loop["step"], loop["total"], loop["logged"]["step"]) == (300, 300, 300)
+    assert set(loop["logged"]["metrics"]) == {"loss", "accuracy"}
 
 
 def test_run_endpoint_has_runs_series_and_job(server):
@@ -100,8 +118,7 @@ def test_unknown_paths_and_bad_indexes(server):
         assert info.value.code == code
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`apt-get install -y chromium`, or "
-                                              "`make test` as root installs it)")
+@pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
 def test_the_page_in_headless_chromium(server, tmp_path):
     args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}",
@@ -118,3 +135,38 @@ def test_the_page_in_headless_chromium(server, tmp_path):
                    timeout=120, check=False)
     assert shot.exists() and shot.stat().st_size > 10_000
     shutil.copy(shot, Path("/tmp/durabatch-dashboard.png"))  # for a human to look at
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
+def test_offline_charts_no_console_errors_and_a_traceback_in_two_clicks(server, tmp_path):
+    browser = Browser(tmp_path / "profile", allowed=(server.url,))
+    try:
+        browser.open(server.url)
+        browser.wait_for("document.querySelectorAll('details.failure').length > 0"
+                         " && document.querySelector('#run2 .body svg') !== null")
+        drawn = browser.evaluate("""Object.fromEntries([...document.querySelectorAll('.body svg[aria-label]')].map(
+            s => [s.closest('section').id + ': ' + s.getAttribute('aria-label'),
+                  [...s.querySelectorAll('polyline')].reduce((n, l) => n + l.points.numberOfItems, 0)]))""")
+        for i in (0, 1):  # a point per shard committed
+            shards = len(get(server, f"/api/run/{i}")["series"]["cumulative"]["done"])
+            assert drawn[f"run{i}: items done (cumulative)"] == shards > 0
+        # the loop: every logged metric by step, with a point per logged row (~20 a second), and its speed
+        assert drawn["run2: loss by step"] >= 30 and drawn["run2: accuracy by step"] >= 30
+        assert drawn["run2: training speed (steps/s)"] >= 10
+        assert re.match(r"loop: step 300 of 300; loss=0\.00\d+, accuracy=0\.99",
+                        browser.evaluate("document.querySelector('#run2 .head').innerText"))
+
+        traceback = "#run0 details.failure pre.traceback"
+        assert browser.visible_text(traceback) == ""  # closed until asked for
+        browser.click("#run0 a.failed-link")  # click 1: the failed count in the run's head line
+        browser.wait_for("location.hash === '#failures-0'")
+        browser.click("#run0 details.failure summary")  # click 2: the first failed item
+        shown = browser.wait_for(f"(() => {{ const e = document.querySelector('{traceback}');"
+                                 " return e.checkVisibility() ? e.innerText : ''; })()")
+        assert "Traceback" in shown and "fails_on_sevens" in shown and "seven 0" in shown
+
+        assert not browser.errors(), browser.errors()
+        assert not browser.blocked, browser.blocked  # nothing but the dashboard was asked for
+        assert browser.requests and all(url.startswith(server.url) for url in browser.requests)
+    finally:
+        browser.close()

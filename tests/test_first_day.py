@@ -1,12 +1,15 @@
-"""First-day CLI (issue 12 item 7, part): -h, --version, a function given as a file path, and a data file passed
-where a job file goes."""
+"""First-day CLI (issue 12 item 7): -h, --version, a function given as a file path, a data file passed where a
+job file goes, and a script without `if __name__ == "__main__":` run with the processes engine. The help page and
+the usage errors: test_help.py."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
-from conftest import durabatch_cli, write_jsonl
+from conftest import cli_env, durabatch_cli, write_jsonl
 
 import durabatch
 
@@ -44,3 +47,24 @@ def test_a_data_file_where_the_job_file_goes_suggests_input(tmp_path):
     result = durabatch_cli("run", data, "--fn", "json:dumps", "--run-dir", tmp_path / "run", cwd=tmp_path)
     assert result.returncode == 2
     assert f"pass it as `--input {data}`" in result.stderr
+
+
+NO_GUARD = """import durabatch
+
+
+def double(record):
+    return {"x2": record["id"] * 2}
+
+durabatch.run(double, [{"id": i} for i in range(4)], key="id", run_dir="run", engine="processes", progress="off")
+"""
+
+
+def test_a_script_without_the_main_guard_is_told_to_add_it(tmp_path):
+    """Spawned workers re-import the main script, which runs the job again in each: the runner names the line."""
+    (tmp_path / "noguard.py").write_text(NO_GUARD)
+    result = subprocess.run([sys.executable, "noguard.py"], cwd=tmp_path, env=cli_env(), capture_output=True,
+                            text=True, timeout=180)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "noguard.py:7" in last and 'under `if __name__ == "__main__":`' in last, result.stderr
+    assert "RunLockedError" not in result.stderr  # the workers stop quietly; the runner explains once

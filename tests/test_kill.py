@@ -298,7 +298,7 @@ def test_second_signal_during_the_grace_period_stops_at_once(tmp_path, records_f
     assert not alive, f"stuck worker processes outlived the run: {[p.pid for p in alive]}"
     before = committed_rows(run_dir)
     assert 0 < before <= fast  # the stuck calls never finished, so none of them is committed
-    assert read_export(run_dir, tmp_path).column("id").to_pylist() == list(range(before))
+    assert read_export(run_dir, tmp_path, partial=True).column("id").to_pylist() == list(range(before))
 
     again = durabatch_cli(*args, cwd=tmp_path)  # not stuck any more
     assert again.returncode == 0, again.stderr

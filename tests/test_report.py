@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import userfns
+from browser import CHROMIUM, SKIP_REASON, Browser
 from conftest import durabatch_cli
 
 import durabatch
@@ -116,6 +117,32 @@ def test_map_report_html_and_json_match_the_ledger(map_run, tmp_path):
     assert "RuntimeError" in page and "seven " in page  # the failures table, with an example message
     # read-only: the ledger's bytes did not change
     assert hashlib.sha256((map_run / "ledger.sqlite").read_bytes()).hexdigest() == before
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
+def test_the_report_in_headless_chromium_offline_and_a_traceback_in_two_clicks(map_run, tmp_path):
+    out = tmp_path / "report.html"
+    assert durabatch_cli("report", map_run, "--to", out, cwd=tmp_path).returncode == 0
+    browser = Browser(tmp_path / "profile", allowed=(out.as_uri(),))
+    try:
+        browser.open(out.as_uri())
+        drawn = browser.evaluate("""Object.fromEntries([...document.querySelectorAll('svg[aria-label]')].map(
+            s => [s.getAttribute('aria-label'),
+                  [...s.querySelectorAll('polyline')].reduce((n, l) => n + l.points.numberOfItems, 0)]))""")
+        shards = len(ledger_rows(map_run, "SELECT name FROM shards"))
+        assert drawn["items done (cumulative)"] == shards and drawn["throughput per interval (items/s)"] > 0
+        traceback = "details.failure pre.traceback"
+        assert browser.visible_text(traceback) == ""  # closed until asked for
+        browser.click("a[href='#failed-items']")  # click 1: the failed count in the totals
+        browser.wait_for("location.hash === '#failed-items'")
+        browser.click("details.failure summary")  # click 2: the first failed item
+        shown = browser.wait_for(f"(() => {{ const e = document.querySelector('{traceback}');"
+                                 " return e.checkVisibility() ? e.innerText : ''; })()")
+        assert "Traceback" in shown and "fails_on_sevens" in shown and "seven 0" in shown
+        assert not browser.errors(), browser.errors()
+        assert not browser.blocked, browser.blocked  # self-contained: nothing fetched from anywhere
+    finally:
+        browser.close()
 
 
 def test_report_while_the_job_holds_its_run_directory(map_run, tmp_path):

@@ -2,6 +2,13 @@
 moment and run the same command again; it continues to exactly the same total timesteps.
 
     python -m examples.rl_train --timesteps 20480 --run-dir runs/rl_train [--deadline 11h30m]
+
+A progress line shows timesteps/s, the ETA and the time left to the deadline; each episode's reward and length
+are logged by timestep (durabatch.loops.sb3.learn calls ckpt.log), so from another terminal
+
+    durabatch status runs/rl_train        # the timestep and the last episode's reward
+    durabatch report runs/rl_train        # runs/rl_train/report.html: episode reward by timestep, and more
+    durabatch dashboard runs/rl_train     # the same, live, on http://127.0.0.1:8765/
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ def main() -> None:
     model = learn(model, args.timesteps, args.run_dir, every_timesteps=args.every, deadline=args.deadline)
     mean, std = evaluate_policy(model, gym.make("CartPole-v1"), n_eval_episodes=10, deterministic=True)
     print(f"timesteps: {model.num_timesteps:,}  evaluation reward: {mean:.1f} +/- {std:.1f}")
+    print(f"episode rewards by timestep: durabatch report {args.run_dir}")
 
 
 if __name__ == "__main__":

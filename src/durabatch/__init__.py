@@ -19,7 +19,7 @@ from .observe.floodguard import guard_logs
 from .observe.status import status
 from .policies.limits import report_headers
 from .policies.retry import RetryPolicy
-from .store.export import export
+from .store.export import UnfinishedError, export
 from .store.verify import verify
 
 __version__ = "0.1.0"
@@ -27,5 +27,5 @@ __version__ = "0.1.0"
 __all__ = [
     "CallableState", "ChangedJobError", "Checkpointer", "ConfigError", "DurabatchError", "InputError", "JobSettings",
     "LedgerError", "Observer", "PickleState", "RetryPolicy", "RunLockedError", "RunSummary", "Stats", "TorchState",
-    "export", "guard_logs", "report_headers", "retry_failed", "run", "status", "verify",
+    "UnfinishedError", "export", "guard_logs", "report_headers", "retry_failed", "run", "status", "verify",
 ]

@@ -12,11 +12,12 @@ from typing import Any, Optional
 
 import typer
 
-from . import environment
-from .api import run_job
+from . import cli_help, environment
+from .api import run_job, start_fresh
 from .config import settings as settings_mod
 from .config.settings import JobSettings
-from .errors import DurabatchError, ExitCode
+from .errors import DurabatchError, ExitCode, cli_spelling
+from .slurm_cli import app as slurm_app
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
@@ -24,7 +25,9 @@ app = typer.Typer(
     help="Run a function over a dataset as a durable job: kill it at any moment, run the same command again, "
          "and it continues; every input key ends up in the output exactly once.\n\n"
          "Exit codes: 0 all done; 1 finished with failed items; 2 usage, configuration or input error; "
-         "75 stopped early (Ctrl-C, SIGTERM) and resumable.",
+         "75 stopped early (Ctrl-C, SIGTERM) and resumable.\n\n"
+         "Every setting of `run` is also a job-file key and a DURABATCH_<SETTING> environment variable: "
+         "`durabatch run -h` lists them by section, with examples.",
 )
 
 def _version(value: bool) -> None:
@@ -36,12 +39,14 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+def _main(ctx: typer.Context, version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                                           help="Print the version and exit.")) -> None:
     """The subcommands below; `durabatch COMMAND -h` for each."""
+    ctx.call_on_close(cli_spelling(FLAG_NAMES))  # hints say `--allow-changed`, not Python's `allow_changed=True`
 
 
 FLAG_NAMES = {"output_format": "--format", "input": "--input"}
+SECTION_OF = {name: title for title, names in settings_mod.HELP_SECTIONS.items() for name in names}
 SHORT = {"input": "-i"}
 
 
@@ -58,6 +63,7 @@ def _settings_params() -> list[inspect.Parameter]:
         annotation: Any = field.annotation
         choices = getattr(annotation, "__args__", ())
         help_text = field.description or ""
+        literal: list[str] = []  # a Literal's choices, shown as the value's name: rows|columns
         if name == "params":  # --param key=value, repeated; merged into the job file's params key by key
             kind, decls = Optional[list[str]], ["--param", "--params"]  # noqa: UP045
             help_text += " As --param key=value (the value read as JSON when it is JSON); repeat for several."
@@ -74,14 +80,14 @@ def _settings_params() -> list[inspect.Parameter]:
         else:
             literal = [c for c in getattr(choices[0], "__args__", ()) if isinstance(c, str)] if choices else []
             literal = literal or [c for c in choices if isinstance(c, str)]
-            if literal:
-                help_text += f" [{'|'.join(literal)}]"
             kind, decls = Optional[str], [flag]  # noqa: UP045
         default = field.default if isinstance(field.default, int | float | str) else None
         if default not in (None, [], False):
             help_text += f" (default: {default})"
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
-                                        default=typer.Option(None, *decls, help=help_text)))
+                                        default=typer.Option(None, *decls, help=help_text,
+                                                             metavar=cli_help.metavar(name, annotation, literal),
+                                                             rich_help_panel=SECTION_OF.get(name))))
     return params
 
 
@@ -102,8 +108,14 @@ def run_command(job_file: Optional[Path] = None, **flags: Any) -> None:  # noqa:
             from .supervise import supervise
 
             if config.run_dir is None:
-                _fail("run_dir is required")
-            raise typer.Exit(supervise(_ARGV[1:], config.run_dir, config.restarts, config.restart_delay))
+                _fail("run_dir is required: pass --run-dir DIR (or run_dir: in the job file)")
+            from .store.ranks import check_rank, own_dir
+
+            check_rank(config.rank, config.ranks)  # a rank is supervised (judged finished) on its own directory
+            own = str(own_dir(config.run_dir, config.rank, config.ranks).path)
+            if config.fresh:  # once, here: the supervised children (restarts) resume what this run started
+                start_fresh(config)
+            raise typer.Exit(supervise(_ARGV[1:], own, config.restarts, config.restart_delay))
         summary = run_job(config.fn, None, config, [])
     except DurabatchError as exc:
         _fail(str(exc))
@@ -115,7 +127,7 @@ def run_command(job_file: Optional[Path] = None, **flags: Any) -> None:  # noqa:
                    "to resume, and please report the traceback", err=True)
         raise typer.Exit(ExitCode.INTERNAL) from None
     typer.echo(str(summary), err=True)
-    raise typer.Exit(_believed(summary.exit_code, config.run_dir))
+    raise typer.Exit(_believed(summary.exit_code, summary.run_dir))  # a rank's own directory
 
 
 def _believed(code: int, run_dir: str) -> int:
@@ -132,10 +144,14 @@ def _believed(code: int, run_dir: str) -> int:
 
 run_command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
     [inspect.Parameter("job_file", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[Path],  # noqa: UP045
-                       default=typer.Argument(None, help="A YAML job file; flags override its settings."))]
+                       default=typer.Argument(None, metavar="JOB_FILE",
+                                              help="A YAML job file; flags override its settings."))]
     + _settings_params())
 app.command(
-    "run", help="Run (or resume) a job. The same command on the same run directory continues where it stopped.",
+    "run", cls=cli_help.SectionedCommand,
+    help="Run (or resume) a job. The same command on the same run directory continues where it stopped.\n\n"
+         "\b\ndurabatch run job.yaml          (a YAML file of the settings below)\n"
+         "durabatch run --fn jobs.py:label -i data.jsonl --key id --run-dir runs/labels",
 )(run_command)
 
 
@@ -170,7 +186,10 @@ def report_command(
         path, data = write(run_dir, to)
     except (DurabatchError, OSError) as exc:
         _fail(str(exc))
-    typer.echo(as_json(data) if json_out else f"wrote {path}\n{render_text(data)}")
+    ranked = data.get("ranks")  # a run split into ranks: merged, naming the unfinished ones
+    lines = f"\nranks:     {ranked['count']}, unfinished: {', '.join(map(str, ranked['unfinished'])) or 'none'}" \
+        if ranked else ""
+    typer.echo(as_json(data) if json_out else f"wrote {path}\n{render_text(data)}{lines}")
 
 
 @app.command("dashboard")
@@ -182,7 +201,10 @@ def dashboard_command(
     their tracebacks, sample rows, resources, API counters, loop metrics, what was run; JSON at /api/. Reads the
     ledgers read-only, safe while the jobs run."""
     from .observe.dashboard import serve
+    from .store.ranks import rank_dirs
 
+    # A run split into ranks shows as its ranks' directories (those started).
+    run_dirs = [p for d in run_dirs for p in [rd.path for _, rd in rank_dirs(d) if rd.path.is_dir()] or [d]]
     try:
         serve(run_dirs, port)
     except (DurabatchError, OSError) as exc:
@@ -194,14 +216,20 @@ def export_command(
     run_dir: Path = typer.Argument(..., help="The job's run directory."),
     to: Path = typer.Option(..., "--to", help="Output file: .parquet or .jsonl."),
     failed: bool = typer.Option(False, "--failed", help="Write the failed items (key, error, attempts) instead."),
+    partial: bool = typer.Option(False, "--partial", help="Export what is done of a job that is not finished "
+                                 "(without it, such an export exits 2 saying how many of how many are done)."),
+    include_failed: bool = typer.Option(False, "--include-failed", help="One file for a dataset: the done rows "
+                                        "plus the failed, quarantined and interrupted items, with the columns "
+                                        "_status (done, failed, ...) and _error."),
 ) -> None:
-    """Merge the committed results into one file, in source order, with the key column."""
+    """Merge the committed results into one file, in source order, with the key column. A run split into ranks
+    is merged into one file (every key once); a job that is not finished is refused unless --partial."""
     from .store.export import export
 
     if to.suffix not in (".parquet", ".jsonl", ".ndjson", ".json"):
         _fail(f"{to}: export writes .parquet or .jsonl")
     try:
-        rows = export(run_dir, to, failed=failed)
+        rows = export(run_dir, to, failed=failed, partial=partial, include_failed=include_failed)
     except DurabatchError as exc:
         _fail(str(exc))
     typer.echo(f"wrote {rows:,} {'failed items' if failed else 'rows'} to {to}", err=True)
@@ -216,13 +244,15 @@ def retry_failed_command(
                                      "at-most-once mode (they will be called again)."),
 ) -> None:
     """Put failed items back so that the next `run` does them again. Earlier attempts stay in the history."""
-    from .api import retry_failed
+    from .api import put_back_failed
 
     try:
-        count = retry_failed(run_dir, error_type, quarantined, interrupted)
+        count, left_out = put_back_failed(run_dir, error_type, quarantined, interrupted)
     except DurabatchError as exc:
         _fail(str(exc))
-    typer.echo(f"{count:,} item(s) put back; run the job again to retry them", err=True)
+    typer.echo(f"{count:,} item(s) put back" + ("; run the job again to retry them" if count else ""), err=True)
+    if left_out:  # e.g. quarantined items, which only --quarantined puts back
+        typer.echo(left_out, err=True)
 
 
 _ARGV: list[str] = []
@@ -249,14 +279,24 @@ def verify_command(
     raise typer.Exit(0 if report.ok else 1)
 
 
+app.add_typer(slurm_app, name="slurm")
+
+
 def main(argv: list[str] | None = None) -> None:
     _ARGV[:] = sys.argv[1:] if argv is None else argv
+    if argv is None:  # the process ends after this command: skip collecting a large heap at exit (~0.5-1 s)
+        import atexit
+        import gc
+
+        atexit.register(gc.freeze)
+    cli_help.plain_names(app)
     try:
-        app(args=argv, prog_name="durabatch", standalone_mode=True)
-    except SystemExit as exc:
-        if argv is not None and exc.code not in (0, None):
-            raise
-        if argv is None:
-            raise
-    if argv is None:
-        sys.exit(0)
+        code = app(args=argv, prog_name="durabatch", standalone_mode=False)
+    except cli_help.UsageErrors as exc:  # click would print usage, a hint and the error in four lines
+        code = cli_help.report_usage_error(exc)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        code = 1
+    code = code if isinstance(code, int) else 0
+    if argv is None or code:
+        raise SystemExit(code)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import re
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -42,6 +42,7 @@ class ErrorKind(StrEnum):
     """Error types durabatch records for an item itself (a user's exception is recorded by its class name)."""
 
     WORKER_DIED = "WorkerDied"  # the worker process died under the item's batch
+    WORKER_LOST = "WorkerLost"  # lost with its node or actor (Ray), not the item's fault: retried, never pinned
     ITEM_TIMEOUT = "ItemTimeout"  # past --item-timeout
     NOT_STARTED = "NotStarted"  # never started because the run was stopping: not a failure, redone next run
     INTERRUPTED = "Interrupted"  # at-most-once: the call may have happened; never re-called by itself
@@ -223,3 +224,50 @@ class ProcessExit(BaseException):
 class StopInterrupt(KeyboardInterrupt):
     """A real second Ctrl-C / SIGTERM, raised inside the user's code by the stop flag (policies/stopping.py): the
     only KeyboardInterrupt that stops a run. One the function raises itself is that item's failure."""
+
+
+# -- hints in the caller's own spelling -----------------------------------------------------------------------------
+# A message that tells the user what to do next names a setting or a command the way the caller writes it:
+# `--allow-changed` for the command line, `allow_changed=True` in Python (the default: a notebook is Python). The CLI
+# switches to its spelling for the duration of a command (`cli_spelling`, giving the flags whose names differ from
+# their setting's), so a message is spelled right where it is written, deep in the core, without string rewriting.
+_CLI_FLAGS: dict[str, str] | None = None  # None: Python spelling
+PYTHON_NAMES = {"input": "source"}  # settings that durabatch.run() takes under another name
+
+
+def option(name: str, value: Any = True) -> str:
+    """A setting as the caller sets it: `--allow-changed` / `allow_changed=True`, `--engine processes` /
+    `engine='processes'`; value None names it only: `--item-timeout` / `item_timeout` (name: the JobSettings
+    field)."""
+    if _CLI_FLAGS is None:
+        name = PYTHON_NAMES.get(name, name)
+        return name if value is None else f"{name}={value!r}"
+    flag = _CLI_FLAGS.get(name, "--" + name.replace("_", "-"))
+    return flag if value is True or value is None else f"{flag} {value}"
+
+
+def command(name: str, run_dir: Any, **options: Any) -> str:
+    """A follow-up command: `durabatch export RUN --failed --to F` / `durabatch.export('RUN', failed=True,
+    to='F')` (name: the subcommand, whose Python function has the same name with '_' for '-')."""
+    if _CLI_FLAGS is None:
+        args = [repr(str(run_dir)), *(f"{k}={v!r}" for k, v in options.items())]
+        return f"durabatch.{name.replace('-', '_')}({', '.join(args)})"
+    flags = ["--" + k.replace("_", "-") + ("" if v is True else f" {v}") for k, v in options.items()]
+    return " ".join(["durabatch", name, str(run_dir), *flags])
+
+
+def run_again() -> str:
+    """How to resume: the same command, or the same durabatch.run() call."""
+    return ("run the same command again" if _CLI_FLAGS is not None
+            else "call durabatch.run() again with the same run_dir")
+
+
+def cli_spelling(flags: Mapping[str, str]) -> Callable[[], None]:
+    """Spell hints for the command line from now on; returns the function that restores the previous spelling."""
+    global _CLI_FLAGS
+    previous, _CLI_FLAGS = _CLI_FLAGS, dict(flags)
+
+    def restore() -> None:
+        global _CLI_FLAGS
+        _CLI_FLAGS = previous
+    return restore

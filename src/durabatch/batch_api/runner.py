@@ -25,7 +25,7 @@ from ..core.events import Observer, Observers, Stats
 from ..core.plan import Plan, check_fingerprint, make_plan
 from ..core.spec import Keys, Selection
 from ..core.summary import RunSummary, resume_message
-from ..errors import ConfigError, ExitCode, InputError
+from ..errors import ConfigError, ExitCode, InputError, option
 from ..intervals import Intervals
 from ..policies.stopping import StopFlag
 from ..sources.base import BadRow, Source
@@ -79,7 +79,8 @@ class BatchRun:
     def _execute(self, t0: float) -> RunSummary:
         job, ledger = self.job, self.ledger
         if job.keys.column is None:
-            raise ConfigError("--batch-api needs --key: each request's custom_id is its item's key")
+            raise ConfigError(f"{option('batch_api', None)} needs {option('key', None)}: each request's custom_id is "
+                              "its item's key")
         messages = check_fingerprint(ledger, job.fingerprint, job.allow_changed)
         self.rd.write_job({"settings": job.description, "fingerprint": job.fingerprint})
         store.ensure(ledger)
@@ -87,7 +88,8 @@ class BatchRun:
         self.job_id = ledger.job_id() or "job"
         plan = make_plan(ledger, self.rd, job.source, job.keys, job.selection)
         if plan.skip_keys is not None:
-            raise ConfigError("--batch-api cannot resume a job whose input changed (--allow-changed)")
+            raise ConfigError(f"{option('batch_api', None)} cannot resume a job whose input changed "
+                              f"({option('allow_changed')})")
         self.stats = Stats(total=plan.total, already_done=plan.already_done + plan.already_failed,
                            source=job.source.describe(), run_dir=str(self.rd.path), key_mode=job.keys.column)
         ledger.set_meta(total=plan.total, range=[plan.lo, plan.hi])
@@ -185,7 +187,8 @@ class BatchRun:
 
     def _bad(self, pos: int, key: Any, where: str, message: str, failures: list[Failure]) -> tuple[None, Any, float]:
         if not self.job.keys.skip_bad_rows:
-            raise InputError(f"{where}: {message}. Fix the row, or pass --skip-bad-rows to record it as a failure.")
+            raise InputError(f"{where}: {message}. Fix the row, or pass {option('skip_bad_rows')} to record it as a "
+                             "failure.")
         failures.append(Failure(pos, key, "BadRow", f"{where}: {message}", "", 1))
         self.stats.failed += 1
         return None, key, 0.0
@@ -194,7 +197,7 @@ class BatchRun:
         """Write the request file, record the chunk (the intent), then submit it. False: over the budget."""
         seq, spent = store.totals(self.ledger)
         if self.job.max_cost is not None and spent + cost > self.job.max_cost:
-            self.observers.on_message(f"--max-cost {self.job.max_cost}: the next {len(lines):,} requests are "
+            self.observers.on_message(f"{option('max_cost', self.job.max_cost)}: the next {len(lines):,} requests are "
                                       f"estimated at {cost:.4f} (already submitted: {spent:.4f}); not submitting. "
                                       "Run again with a larger budget to continue")
             self.stopped = "budget"

@@ -49,8 +49,9 @@ class JobSettings(BaseModel):
         "cluster: actors run batches). Default: asyncio for async functions, inline for one worker, threads "
         "otherwise."
     )
-    gpus: str | None = Field(None, description="processes engine on one node: one worker per listed GPU, e.g. "
-                             "0,1,2,3, each with CUDA_VISIBLE_DEVICES set to its device (sets --workers).")
+    gpus: str | None = Field(None, description="One process worker per listed GPU on this node, e.g. 0,1,2,3, "
+                             "each started with CUDA_VISIBLE_DEVICES set to its device (implies --engine "
+                             "processes and sets --workers; a replacement worker keeps the device).")
     ray_address: str | None = Field(None, description="ray engine: the cluster to join (default: RAY_ADDRESS, "
                                     "else a local Ray started for this run).")
     cpus_per_worker: float | None = Field(None, gt=0, description="ray engine: CPUs reserved per actor (default 1).")
@@ -183,6 +184,22 @@ def parse_param(text: Any) -> tuple[str, Any]:
 
 FIELDS = tuple(JobSettings.model_fields)
 
+# The sections of `durabatch run --help`, in order (a new setting goes into one of them: tests/test_help.py).
+HELP_SECTIONS: dict[str, tuple[str, ...]] = {
+    "Input": ("input", "key", "start", "end", "limit", "dedupe", "skip_bad_rows"),
+    "Function": ("fn", "params", "batch_size", "batch_format", "split", "combine", "cleanup_every"),
+    "Engine": ("engine", "workers", "concurrency", "batch_api", "parse", "batch_requests", "batch_poll"),
+    "Scale-out": ("gpus", "ray_address", "cpus_per_worker", "gpus_per_worker", "rank", "ranks"),
+    "Limits and budgets": ("rpm", "tpm", "tokens_per_item", "limits", "limit_by", "price_input", "price_output",
+                           "currency", "max_tokens", "max_cost", "item_timeout", "max_worker_memory", "max_memory",
+                           "max_gpu_memory"),
+    "Failures": ("max_attempts", "backoff_base", "backoff_max", "retry_on", "fatal_on", "max_consecutive_failures",
+                 "quarantine_after", "at_most_once", "supervise", "restarts", "restart_delay"),
+    "Output and the run directory": ("run_dir", "fresh", "allow_changed", "output_format", "commit_every",
+                                     "commit_seconds", "progress", "log_every"),
+    "Stopping": ("grace_seconds", "deadline", "deadline_at"),
+}
+
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30,
                "t": 2**40, "tb": 2**40, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -196,6 +213,21 @@ def parse_size(text: str | None) -> int | None:
     if not match or match.group(2).lower() not in _SIZE_UNITS:
         raise ConfigError(f"size '{text}': expected a number with a unit, like 400MB or 4GB")
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+_GPU = re.compile(r"\d+|(?:GPU|MIG)-[0-9A-Za-z/-]+")  # what CUDA_VISIBLE_DEVICES takes: an index or a UUID
+
+
+def parse_gpus(text: str | None) -> list[str]:
+    """'0,1,2,3' -> ['0', '1', '2', '3'] (--gpus: one process worker per device); None or '' -> []."""
+    devices = [part.strip() for part in str(text or "").split(",") if part.strip()]
+    for device in devices:
+        if not _GPU.fullmatch(device):
+            raise ConfigError(f"gpus '{text}': '{device}' is not a GPU; expected device indices like --gpus 0,1,2,3 "
+                              "(or GPU UUIDs)")
+    if len(set(devices)) != len(devices):
+        raise ConfigError(f"gpus '{text}': a device is listed twice; list each GPU once (one worker per GPU)")
+    return devices
 
 
 def _check_keys(data: Mapping[str, Any], origin: str) -> None:
@@ -218,8 +250,14 @@ def read_job_file(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"job file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except yaml.YAMLError as exc:  # one line: file:line:column and the problem (PyYAML's own text spans five)
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None:
+            problem += f" ({context} from line {start.line + 1})"
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a job file is a mapping of settings, got {type(data).__name__}")
     _check_keys(data, str(path))
@@ -264,4 +302,6 @@ def merge(*layers: tuple[str, Mapping[str, Any]]) -> JobSettings:
         for err in exc.errors():
             name = str(err["loc"][0]) if err["loc"] else "?"
             problems.append(f"{name} = {merged.get(name)!r} (from {origins.get(name, '?')}): {err['msg']}")
+        if len(problems) == 1:  # the usual case: one line
+            raise ConfigError(f"invalid setting {problems[0]}") from None
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None

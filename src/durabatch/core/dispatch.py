@@ -14,7 +14,7 @@ from typing import Any
 
 from ..columns import ArrowRecords, join
 from ..engines import Batch
-from ..errors import InputError
+from ..errors import InputError, option
 from ..sources import BadRow, Block, Source
 from ..sources.keys import KeyKinds, bad_key, missing_key
 from .fanout import FanIn
@@ -22,13 +22,17 @@ from .plan import Plan
 from .spec import Batching, Keys
 
 BadRowHook = Callable[[int, str, str], None]  # (position, where, message): raise, or record a failure
+BATCH_SECONDS = 0.02  # work per batch of a per-record function, unless the engine asks for more
 
 
 class Dispatch:
     def __init__(self, source: Source, plan: Plan, keys: Keys, batching: Batching, max_chunk: int,
                  suspects: set[int], on_bad_row: BadRowHook, fanin: FanIn | None = None,
-                 clock: Callable[[], float] = time.monotonic, caps: dict[int, int] | None = None):
+                 clock: Callable[[], float] = time.monotonic, caps: dict[int, int] | None = None,
+                 batch_seconds: float = BATCH_SECONDS, pins_deaths: bool = False):
         self.fanin = fanin
+        self.batch_seconds = batch_seconds  # the engine's wish: ~20 ms locally, longer for remote calls (Ray)
+        self.pins_deaths = pins_deaths  # the engine names the batch a worker died under: solos need no idle engine
         self.source, self.plan, self.keys, self.batching = source, plan, keys, batching
         self.max_chunk = max_chunk  # never more than one commit's worth in a batch
         self.suspects = suspects
@@ -139,7 +143,7 @@ class Dispatch:
     def _due_retries(self, now: float, idle: bool) -> Batch | None:
         """Due retries of one attempt number together; a suspect alone, and only on an idle engine."""
         _, attempt, solo, *_ = self._retries[0]
-        if solo and not idle:
+        if solo and not idle and not self.pins_deaths:
             return None
         picked = [heapq.heappop(self._retries)]
         while not solo and self._retries and len(picked) < self.chunk and self._retries[0][0] <= now \
@@ -161,12 +165,13 @@ class Dispatch:
         return Batch(self._ids, positions, keys, records, attempt, solo)
 
     def observe(self, seconds: float, items: int) -> None:
-        """Per-record functions go out in chunks of about 20 ms of work: cheap functions amortise dispatch, slow
-        ones keep every worker busy to the end. Never more than one commit's worth."""
+        """Per-record functions go out in chunks of about `batch_seconds` of work (20 ms locally): cheap functions
+        amortise dispatch, slow ones keep every worker busy to the end. Never more than one commit's worth."""
         if self.batching.size is None and items and self.batching.adaptive:
+            most = int(1000 * max(1.0, self.batch_seconds / BATCH_SECONDS))
             per_item = seconds / items
-            target = int(0.02 / per_item) if per_item > 0 else 1000
-            self.chunk = max(1, min(1000, self.max_chunk, target))
+            target = int(self.batch_seconds / per_item) if per_item > 0 else most
+            self.chunk = max(1, min(most, self.max_chunk, target))
 
     def _stream(self) -> Iterator[Block]:
         """Blocks of keyed records to do, in source order. Bad rows go to the hook, which raises or records them."""
@@ -216,7 +221,7 @@ class Dispatch:
                         if dedupe:
                             continue
                         raise InputError(f"duplicate key {self.keys.output_column}={value!r}: {seen[value]} and "
-                                         f"{src.where(line)}. Pass --dedupe to keep the first occurrence.")
+                                         f"{src.where(line)}. Pass {option('dedupe')} to keep the first occurrence.")
                     seen[value] = src.where(line)
                 for segment in self.fanin.split(pos, value, record) if self.fanin is not None else (record,):
                     out[0].append(pos)

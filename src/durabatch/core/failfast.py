@@ -6,6 +6,8 @@ Counts are per error type, so two errors in turn with nothing succeeding stop th
 
 from __future__ import annotations
 
+from ..errors import command, option, run_again
+
 REASON = "too many failures"
 
 
@@ -29,6 +31,7 @@ class FailFast:
         if count < self.limit:
             return False
         self.tripped = (f"stopping: the last {count} items failed with {error_type}: {message[:300]} (and none "
-                        f"succeeded in between). Fix the cause, then `durabatch retry-failed RUN_DIR` and run "
-                        f"again; to go on through such failures, raise --max-consecutive-failures (0: never stop)")
+                        f"succeeded in between). Fix the cause, then `{command('retry-failed', 'RUN_DIR')}` and "
+                        f"{run_again()}; to go on through such failures, raise "
+                        f"{option('max_consecutive_failures', None)} (0: never stop)")
         return True

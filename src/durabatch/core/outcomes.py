@@ -3,6 +3,8 @@
     done          the item succeeded (its neighbours failed)
     retry         a transient error with attempts left: run again after a delay
     run_alone     the worker died (or stalled) under a batch of several: run each item alone to find the culprit
+    retry         also: the worker was lost with its node or actor (WorkerLost): not the item's fault, no delay,
+                  no guilt, batched again with the other retries
     redo          not a failure: never started because the run stopped, or died while the run stops; next run
     failed        recorded as failed (`retry-failed` puts it back)
     quarantined   killed its worker K times running alone
@@ -62,7 +64,8 @@ def decide(errors: Mapping[int, ItemError], positions: Sequence[int], attempt: i
            stopping: bool, guilt: Mapping[int, int]) -> list[Outcome]:
     """One outcome per item of a batch (aligned with positions). `guilt`: deaths pinned on positions earlier in
     this run; `stopping`: a stop was requested, so nothing is queued again."""
-    if rules.at_most_once and any(e.error_type in DEATHS for e in errors.values()):
+    if rules.at_most_once and any(e.error_type in DEATHS or e.error_type == ErrorKind.WORKER_LOST
+                                  for e in errors.values()):
         # The call may have happened: never again by itself, whatever the error says.
         return [Outcome(Action.INTERRUPTED, errors[i]) if i in errors else DONE for i in range(len(positions))]
     if len(positions) > 1 and all(e.error_type in DEATHS for e in errors.values()):
@@ -81,6 +84,8 @@ def _one(error: ItemError | None, pos: int, attempt: int, rules: Rules, stopping
         return Outcome(Action.REDO if stopping else Action.RUN_ALONE, error, guilt=deaths)
     if error.error_type == ErrorKind.NOT_STARTED:
         return REDO
+    if error.error_type == ErrorKind.WORKER_LOST:  # a node or actor lost: whatever ran there runs again
+        return REDO if stopping else Outcome(Action.RETRY, error)
     if not stopping and rules.retry.should_retry(error, attempt):
         return Outcome(Action.RETRY, error, delay=rules.retry.delay(error, attempt))
     return Outcome(Action.FAILED, error)

@@ -8,10 +8,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ChangedJobError, InputError
+from ..errors import ChangedJobError, InputError, option
 from ..intervals import From, Intervals
 from ..sources import Source
 from ..sources.keys import check_keys
+from ..sources.ranged import RangeView
 from ..store import orphans, shards
 from ..store.ledger import Ledger
 from ..store.rundir import RunDir
@@ -81,12 +82,13 @@ def check_fingerprint(ledger: Ledger, current: dict, allow_changed: bool) -> lis
         raise ChangedJobError(
             f"{ledger.path.parent}: this run directory holds a different job; refusing to mix results.\n  "
             + "\n  ".join(lines)
-            + "\nUse a new --run-dir, restore the original, or pass --allow-changed to resume anyway.", lines)
+            + f"\nUse a new run directory ({option('run_dir', 'NEW_DIR')}, or {option('fresh')} to move this one "
+            f"aside), restore the original, or pass {option('allow_changed')} to resume anyway.", lines)
     if stored.get("source") != current.get("source"):
         # Positions no longer mean the same items: from now on, done items are recognised by key.
         ledger.set_meta(match_by_key=True)
     ledger.set_meta(fingerprint=current)
-    return [f"resuming although the job changed (--allow-changed): {'; '.join(lines)}"]
+    return [f"resuming although the job changed ({option('allow_changed')}): {'; '.join(lines)}"]
 
 
 def _with_later_fields(stored: dict, current: dict) -> dict:
@@ -96,6 +98,15 @@ def _with_later_fields(stored: dict, current: dict) -> dict:
         if isinstance(old, dict) and isinstance(new, dict) and name not in old and name in new:
             merged[section] = {**old, name: new[name]}
     return merged
+
+
+def _check_keys(source: Source, keys: Keys, selection: Selection) -> tuple[int | None, set[int], bool]:
+    """The key check over the whole input, or over a rank's own range only (count: where the range ends)."""
+    if not selection.ranked or selection.end is None:
+        return check_keys(source, keys.column, keys.dedupe, keys.skip_bad_rows)
+    view = RangeView(source, selection.start, selection.end)
+    count, skip_dupes, in_stream = check_keys(view, keys.column, keys.dedupe, keys.skip_bad_rows)
+    return (None if count is None else selection.start + count), skip_dupes, in_stream
 
 
 def make_plan(ledger: Ledger, run_dir: RunDir, source: Source, keys: Keys, selection: Selection) -> Plan:
@@ -114,11 +125,11 @@ def make_plan(ledger: Ledger, run_dir: RunDir, source: Source, keys: Keys, selec
         skip_dupes = set(checked.get("duplicates", []))
         in_stream = checked.get("in_stream", in_stream)
     else:
-        count, skip_dupes, in_stream = check_keys(source, keys.column, keys.dedupe, keys.skip_bad_rows)
+        count, skip_dupes, in_stream = _check_keys(source, keys, selection)
         if count is not None:
             ledger.set_meta(checked={"source": source_id, "key": keys.column, "count": count,
                                      "duplicates": sorted(skip_dupes), "in_stream": in_stream})
-    if count == 0:
+    if count == 0 and not selection.ranked:  # a rank's share may be empty (more ranks than items)
         raise InputError(f"{source.describe()}: the input has no items")
     lo = selection.start or 0
     hi = selection.end

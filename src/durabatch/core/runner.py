@@ -11,14 +11,14 @@ from typing import Any
 
 from ..engines.base import Batch, BatchResult, Engine
 from ..engines.user_fn import cleanup
-from ..errors import DurabatchError, ErrorKind, ExitCode, InputError
+from ..errors import DurabatchError, ErrorKind, ExitCode, InputError, command, option
 from ..policies.memory import MemoryWatch
 from ..policies.stopping import STOP_SIGNALS, StopFlag
 from ..store.ledger import Failure, ItemState, Ledger
 from ..store.rundir import RunDir
 from . import quarantine, watchdog
 from .committer import Committer, Pending
-from .dispatch import Dispatch
+from .dispatch import BATCH_SECONDS, Dispatch
 from .events import Observers, Stats
 from .failfast import REASON as FAILFAST
 from .failfast import FailFast
@@ -98,6 +98,9 @@ class Run:
         elif not plan.nothing_to_do:
             stopped, error = self._work(run_id, t0, suspects)
         self.stats.elapsed = time.monotonic() - t0
+        self.stats.in_flight = 0
+        if self.job.limits is not None:  # the final line shows the last calls' figures, not a notice 0.2 s old
+            self.stats.extra = self.job.limits.metrics.snapshot()
         failed_total = sum(self.ledger.count_failures(s)
                            for s in (ItemState.FAILED, ItemState.QUARANTINED, ItemState.INTERRUPTED))
         code = ExitCode.USAGE if error else ExitCode.FAILED if stopped == FAILFAST else \
@@ -107,7 +110,8 @@ class Run:
         if error is not None:
             raise error
         return RunSummary(code, plan.total, self.stats.already_done, self.stats.done, self.stats.failed,
-                          failed_total, stopped, self.stats.elapsed, str(self.rd.path))
+                          failed_total, stopped, self.stats.elapsed, str(self.rd.path),
+                          quarantined=self.ledger.count_failures(ItemState.QUARANTINED))
 
     def _work(self, run_id: int, t0: float, suspects: set[int]) -> tuple[str | None, BaseException | None]:
         job, engine = self.job, self.engine
@@ -120,7 +124,8 @@ class Run:
             engine.close(cancel=True)
             return self.stop.reason or "SIGINT", None
         self.dispatch = Dispatch(job.source, self.plan, job.keys, job.batching, job.commit.every_items, suspects,
-                                 self._bad_row, job.fanin, caps=self._caps)
+                                 self._bad_row, job.fanin, caps=self._caps, pins_deaths=engine.pins_deaths,
+                                 batch_seconds=getattr(engine, "batch_seconds", BATCH_SECONDS))
         self.journal = Journal(self.rd.inflight, durable=job.safety.at_most_once)
         self.committer = Committer(self.ledger, self.rd, job.commit.output_format, job.keys.output_column, run_id)
         if self.deadline:
@@ -242,7 +247,8 @@ class Run:
 
     def _bad_row(self, pos: int, where: str, message: str) -> None:
         if not self.job.keys.skip_bad_rows:
-            raise InputError(f"{where}: {message}. Fix the row, or pass --skip-bad-rows to record it as a failure.")
+            raise InputError(f"{where}: {message}. Fix the row, or pass {option('skip_bad_rows')} to record it as a "
+                             "failure.")
         self.pending.failures.append(Failure(pos, None, ErrorKind.BAD_ROW, f"{where}: {message}", "", 1))
         self.stats.failed += 1
 
@@ -279,7 +285,8 @@ class Run:
         elif action is Action.RETRY:
             if self.job.limits is not None:
                 self.job.limits.metrics.retries += 1
-            self.dispatch.retry_later(pos, key, record, attempt + 1, outcome.delay)
+            again = error is not None and error.error_type == ErrorKind.WORKER_LOST  # not a failed attempt
+            self.dispatch.retry_later(pos, key, record, attempt + (not again), outcome.delay)
         elif action is Action.RUN_ALONE:
             self.dispatch.run_alone(pos, key, record, attempt)
         elif action is Action.FAILED:
@@ -335,7 +342,9 @@ class Run:
         if len(self.pending):
             if self.job.limits is not None:
                 learned = self.job.limits.learned()  # kept for the next run: it starts near the limit
-                self.pending.meta = {"api": self.job.limits.metrics.snapshot(),
+                metrics = self.job.limits.metrics  # totals of all runs (seeded), and their history for charts
+                self.pending.meta = {"api": metrics.snapshot(), "api_history": metrics.mark(time.time(),
+                                                                                            self.committer.run_id),
                                      **({"learned_limits": learned} if learned else {})}
             self.committer.submit(self.pending)
             self.pending = Pending()
@@ -373,8 +382,9 @@ def _review(job: Job, ledger: Ledger, rd: RunDir, run_id: int) -> tuple[set[int]
     """What the last run's death left: suspects to run in groups (or, at most once, interrupted items)."""
     if job.safety.at_most_once:
         lost = quarantine.interrupted(ledger, rd, run_id)
+        listing = command("export", rd.path, failed=True, to="failed.jsonl")
         return set(), [f"{len(lost)} item(s) were interrupted mid-call by the last run's end and will not be "
-                       "called again (at-most-once); see `durabatch export --failed`"] if lost else [], {}
+                       f"called again (at-most-once); see `{listing}`"] if lost else [], {}
     review = quarantine.review(ledger, rd, job.safety.quarantine_after, run_id)
     notes = [f"quarantined {f.key!r} (position {f.pos}): {f.message}" for f in review.quarantined]
     if review.suspects:

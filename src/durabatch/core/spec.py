@@ -37,6 +37,7 @@ class Selection:
     start: int = 0
     end: int | None = None
     limit: int | None = None
+    ranked: bool = False  # one rank's share of a split input: keys are checked in [start, end) only
 
 
 @dataclass(frozen=True)

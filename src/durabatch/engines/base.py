@@ -74,6 +74,8 @@ class Engine(Protocol):
     pins_deaths: bool
     """True when a worker's death is reported on exactly the batch it ran (separate processes): then a suspect
     may run alone while other batches are in flight. Otherwise a suspect runs with nothing else in flight."""
+    # Optional: `batch_seconds: float`, the work per batch of a per-record function the engine asks for (read with
+    # getattr by the runner; 0.02 s when absent). Remote engines (Ray) ask for more, to amortise each call.
 
     def start(self, work: Work) -> None:
         """Prepare workers (each runs work.prepare() once). May raise ConfigError for unusable work."""

@@ -2,21 +2,27 @@
 engine knows exactly which batch it was running (ProcessPoolExecutor cannot say, and fails every pending future).
 
 Workers are spawned, never forked: the runner holds an open SQLite connection. They ignore SIGINT and SIGTERM:
-stopping is the runner's decision, so a Ctrl-C in the terminal does not kill work in flight."""
+stopping is the runner's decision, so a Ctrl-C in the terminal does not kill work in flight.
+
+With devices (--gpus 0,1,2,3), worker i sees only GPU devices[i]: it starts with CUDA_VISIBLE_DEVICES set to it, so
+even CUDA initialised while the worker re-imports the main script sees that GPU alone; the worker that replaces it
+after a death keeps that device."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import pickle
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 
 from ..errors import ConfigError, ErrorKind, ItemError
 from .base import Batch, BatchResult
 from .lifeline import die_with_parent
+from .main_script import unguarded_call
 from .user_fn import Work
 
 
@@ -71,14 +77,21 @@ def _die_with_runner() -> None:
 
 
 class _Worker:
-    def __init__(self, ctx: mp.context.BaseContext, work_bytes: bytes, item_timeout: float | None):
+    def __init__(self, ctx: mp.context.BaseContext, work_bytes: bytes, item_timeout: float | None,
+                 device: str | None = None, runner_visible: str | None = None):
+        self.device = device
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker_main, args=(child, work_bytes, item_timeout), daemon=True)
-        self.process.start()
+        with _started_with(device, runner_visible):
+            self.process.start()
         child.close()
         self.batch: Batch | None = None
         self.started = 0.0
         self.killed_for: ItemError | None = None  # why the engine itself killed this worker
+
+    @property
+    def where(self) -> str:
+        return f" (GPU {self.device})" if self.device is not None else ""
 
     def kill(self, reason: ItemError) -> None:
         self.killed_for = reason
@@ -87,13 +100,17 @@ class _Worker:
 
 class ProcessEngine:
     """item_timeout: seconds per record of a batch before its worker is killed (ItemTimeout).
-    memory_limit: bytes of resident memory a worker may use before it is killed (WorkerDied, reason memory)."""
+    memory_limit: bytes of resident memory a worker may use before it is killed (WorkerDied, reason memory).
+    devices: one worker per device, each seeing only its own (CUDA_VISIBLE_DEVICES); overrides workers.
+    runner_visible: the runner's own CUDA_VISIBLE_DEVICES (None: unset), restored after each worker starts."""
 
     pins_deaths = True  # each worker is a process with its own pipe: a death names its batch
 
-    def __init__(self, workers: int, item_timeout: float | None = None, memory_limit: int | None = None):
-        self.slots = workers
-        self.workers = workers
+    def __init__(self, workers: int, item_timeout: float | None = None, memory_limit: int | None = None,
+                 devices: Sequence[str] | None = None, runner_visible: str | None = None):
+        self.devices: list[str | None] = list(devices) if devices else [None] * workers
+        self.runner_visible = runner_visible
+        self.slots = self.workers = len(self.devices)
         self.item_timeout = item_timeout
         self.memory_limit = memory_limit
         self._pool: list[_Worker] = []
@@ -106,7 +123,8 @@ class ProcessEngine:
             raise ConfigError(f"the processes engine needs an importable function (module-level def or class, "
                               f"or 'package.module:name'); this one cannot be pickled: {exc}") from None
         self._ctx = mp.get_context("spawn")
-        self._pool = [_Worker(self._ctx, self._work_bytes, self.item_timeout) for _ in range(self.workers)]
+        self._pool = [_Worker(self._ctx, self._work_bytes, self.item_timeout, device, self.runner_visible)
+                      for device in self.devices]
         for worker in self._pool:
             self._await_ready(worker)
 
@@ -114,9 +132,16 @@ class ProcessEngine:
         try:
             kind, payload = worker.conn.recv()
         except EOFError:
-            raise ConfigError(f"a worker process died while starting (exit code {worker.process.exitcode})") from None
+            worker.process.join(timeout=5)
+            where = unguarded_call()
+            if where is not None:
+                raise ConfigError(f"{where} runs the job when the script is imported, and each process worker "
+                                  "re-imports the main script (spawn): put the durabatch.run call under "
+                                  "`if __name__ == \"__main__\":`") from None
+            raise ConfigError(f"a worker process{worker.where} died while starting (exit code "
+                              f"{worker.process.exitcode}); what it printed above says why") from None
         if kind == "setup_error":
-            raise ConfigError(f"the function's setup failed in a worker process: {payload.error_type}: "
+            raise ConfigError(f"the function's setup failed in a worker process{worker.where}: {payload.error_type}: "
                               f"{payload.message}\n{payload.traceback}")
 
     def submit(self, batch: Batch) -> None:
@@ -169,19 +194,20 @@ class ProcessEngine:
             for worker in busy:
                 rss = _rss(worker.process.pid)
                 if worker.killed_for is None and rss is not None and rss > self.memory_limit:
-                    worker.kill(ItemError(ErrorKind.WORKER_DIED, f"out of memory: the worker used "
+                    worker.kill(ItemError(ErrorKind.WORKER_DIED, f"out of memory: the worker{worker.where} used "
                                           f"{rss / 2**20:,.0f} MB, above the {self.memory_limit / 2**20:,.0f} MB "
                                           "limit (--max-worker-memory); killed", ""))
 
     def _replace_dead(self, worker: _Worker, batch: Batch) -> BatchResult:
         worker.process.join(timeout=1)
         code = worker.process.exitcode
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
         error = worker.killed_for or ItemError(
-            ErrorKind.WORKER_DIED, f"the worker process {how} while running this item's batch", "")
+            ErrorKind.WORKER_DIED, f"the worker process{worker.where} {how} while running this item's batch", "")
         index = self._pool.index(worker)
         worker.conn.close()
-        self._pool[index] = fresh = _Worker(self._ctx, self._work_bytes, self.item_timeout)
+        self._pool[index] = fresh = _Worker(self._ctx, self._work_bytes, self.item_timeout, worker.device,
+                                            self.runner_visible)
         self._await_ready(fresh)
         return BatchResult(batch, [None] * len(batch.records), dict.fromkeys(range(len(batch.records)), error), 0.0)
 
@@ -206,6 +232,24 @@ class ProcessEngine:
                 worker.process.kill()
             worker.conn.close()
         self._pool = []
+
+
+@contextlib.contextmanager
+def _started_with(device: str | None, runner_visible: str | None) -> Iterator[None]:
+    """A child spawned inside starts with CUDA_VISIBLE_DEVICES=device: the C environment, which a spawned
+    process copies when it starts (os.putenv, which leaves os.environ alone); the runner's own value
+    (runner_visible, read at the edge) is put back at once."""
+    if device is None:
+        yield
+        return
+    os.putenv("CUDA_VISIBLE_DEVICES", device)
+    try:
+        yield
+    finally:
+        if runner_visible is None:
+            os.unsetenv("CUDA_VISIBLE_DEVICES")
+        else:
+            os.putenv("CUDA_VISIBLE_DEVICES", runner_visible)
 
 
 def _rss(pid: int) -> int | None:

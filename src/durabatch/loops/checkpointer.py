@@ -4,8 +4,12 @@ an emergency save on SIGTERM / SIGUSR1 / Ctrl-C or a deadline, and a small metri
     ckpt = Checkpointer("runs/train", state=TorchState(model, optimizer), every_steps=100, deadline="11h30m")
     for step in ckpt.range(10_000):       # starts after the latest checkpoint
         loss = train_step()
-        ckpt.record(loss=loss)            # metrics stored with the next checkpoint
+        ckpt.log(loss=loss)               # a loss curve by step (cheap: averaged, throttled, buffered)
+        ckpt.record(loss=loss)            # metrics stored with the next checkpoint (keep_best reads them)
     # a stop request saves at the next step boundary and exits 75; running the same script again resumes
+
+A progress line (step, steps/s, ETA, time to the deadline, the last checkpoint, the latest logged metrics) goes to
+stderr: rewritten in place on a terminal, a plain line every progress_every seconds elsewhere.
 
 A checkpoint is a directory written under a temporary name, fsynced and renamed: a half-written one is never
 picked up. Periodic saves go on in the background: a TorchState is copied into shared memory and written by a
@@ -27,6 +31,8 @@ from typing import Any, Protocol
 from .. import environment
 from ..policies.stopping import StopFlag, wall_deadline
 from . import writer_process as writer
+from .metrics import StepLog
+from .progress import ProgressLine
 from .writer_process import checkpoint_dir, complete_checkpoints, prune, publish, read_meta, step_dir, tmp_dir
 
 EXIT_STOPPED = 75
@@ -76,12 +82,14 @@ class Checkpointer:
                  every_seconds: float | None = None, keep_last: int = 3, keep_best: int = 0,
                  metric: str | None = None, mode: str = "min", deadline: str | None = None,
                  deadline_at: str | None = None, exit_on_stop: bool = True, fsync: bool = True,
-                 clock: Callable[[], float] = time.time, writer_process: bool = True):
+                 clock: Callable[[], float] = time.time, writer_process: bool = True, progress: str = "auto",
+                 progress_every: float = 10.0):
         """fsync=False keeps checkpoints safe against the process dying (kill -9, OOM, a quota) but not against
         the machine losing power; it removes the flush, which is most of a checkpoint's cost on slow disks.
         writer_process=False writes a TorchState's periodic checkpoints from a thread, like other states',
         instead of from a separate writer process (the default, on Linux), which does not compete with training
-        for the GIL."""
+        for the GIL. progress: "auto" (a live line on a terminal, else a plain line every progress_every
+        seconds), "bar", "plain" or "off"."""
         if keep_best and not metric:
             raise ValueError("keep_best needs metric= (the name of a recorded metric)")
         self.dir = checkpoint_dir(Path(run_dir))
@@ -108,6 +116,11 @@ class Checkpointer:
         self._write_error: BaseException | None = None
         self.writer_process = writer_process and writer.AVAILABLE
         self._process: writer.WriterProcess | None = None
+        self.steps = StepLog(self.dir, clock)
+        self.progress = ProgressLine(progress, progress_every)
+        self.total: int | None = None  # what range() runs to (or sb3's total timesteps): the ETA
+        self._log_step: int | None = None  # inside range(): the number of the step running (1-based)
+        self._saved_at: float | None = None
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
@@ -123,7 +136,7 @@ class Checkpointer:
         t0 = time.perf_counter()
         final = step_dir(self.dir, step)
         meta = {"step": step, "time": self.clock(), "elapsed": self.clock() - self.started, "reason": reason,
-                "metrics": dict(self._metrics)}
+                "metrics": dict(self._metrics), "total": self.total}
         snapshot = getattr(self.state, "snapshot", None)
         if background and self._write_in_process(step, final, meta):
             pass  # copied into the writer process's buffer; it writes the checkpoint
@@ -135,8 +148,9 @@ class Checkpointer:
             self._jobs.put((step, final, meta, snapshot()))
         else:
             self._write(step, final, meta, None)
-        self._last_save = self.clock()
+        self._last_save = self._saved_at = self.clock()
         self.saved_step = step
+        self.steps.flush()  # the metrics logged so far reach the disk with each checkpoint
         self._save_seconds = time.perf_counter() - t0
         self.saves += 1
         return final
@@ -229,26 +243,59 @@ class Checkpointer:
                       file=sys.stderr)
                 continue
             self.step = self.saved_step = int(meta["step"])
+            self._saved_at = meta.get("time")
             self._metrics = dict(meta.get("metrics", {}))
-            print(f"[durabatch] resumed from {path} (step {self.step:,})", file=sys.stderr)
+            self.progress.message(f"[durabatch] resumed from {path} (step {self.step:,})")
             return self.step
         return 0
 
     # -- the loop --------------------------------------------------------------------------------------------
     def record(self, **metrics: float) -> None:
+        """Metrics stored with the next checkpoint (its meta.json and metrics.jsonl; keep_best reads them)."""
         self._metrics.update({k: float(v) for k, v in metrics.items()})
+
+    def log(self, **metrics: float) -> None:
+        """Metrics by step, for curves (`status`, `report`, `dashboard`): call it every step; what it costs is
+        adding to running sums, rows are made and written at a throttled pace (loops/metrics.py)."""
+        self.steps.log(self.step if self._log_step is None else self._log_step, metrics)
+
+    def show_progress(self, final: bool = False) -> None:
+        """The progress line now (range() calls it when due; other loops, e.g. sb3's callback, may too)."""
+        saved = (self.saved_step, self._saved_at) if self.saved_step is not None and self._saved_at else None
+        metrics = self.steps.last["metrics"] if self.steps.last else self._metrics
+        self.progress.show(self.step, self.total, self.deadline[0] if self.deadline else None, saved, metrics,
+                           self.clock(), final)
+
+    def begin(self, start: int, total: int | None) -> None:
+        """A session from step `start` towards `total`: the step log's session line, the progress line's clock."""
+        self.total = total
+        self.steps.start(start)
+        self.progress.start(start)
+
+    def end(self) -> None:
+        """Write what the step log holds, show the last progress line."""
+        try:
+            self.steps.flush(self.step)
+        finally:
+            if not self.progress.off:
+                self.show_progress(final=True)
+            self.progress.close()
 
     def range(self, total: int) -> Iterator[int]:
         """Steps from the latest checkpoint to `total`, saving periodically and on a stop request."""
         start = self.resume()
         self.stop.install()
+        self.begin(start, total)
         try:
             if start < total:
                 self._start_writer_process()
             last = time.perf_counter()
             for step in range(start, total):
+                self._log_step = step + 1
                 yield step
                 self.step = step + 1
+                if self.progress.due():
+                    self.show_progress()
                 now = time.perf_counter()
                 self._step_seconds = 0.9 * self._step_seconds + 0.1 * (now - last) if step > start else now - last
                 last = now
@@ -256,6 +303,7 @@ class Checkpointer:
                 if reason:
                     self.save(reason=reason)
                     self.stopped = reason
+                    self.end()
                     print(f"[durabatch] {reason}: checkpoint saved at step {self.step:,}; run again to resume",
                           file=sys.stderr)
                     if self.exit_on_stop:
@@ -266,11 +314,14 @@ class Checkpointer:
             if self.saved_step != self.step:
                 self.save(reason="final")
         finally:
+            self._log_step = None
             try:
                 self.wait()
             finally:
                 self._stop_writer_process()  # it would end with this process anyway; not to linger until then
                 self.stop.restore()
+                if not self.stopped:
+                    self.end()
 
     def _due(self) -> bool:
         if self.every_steps and self.step % self.every_steps == 0:

@@ -1,5 +1,7 @@
 """stable-baselines3: checkpoint model, replay buffer and timestep counter at rollout boundaries; resume
-`learn()` to the same total timesteps; stop cleanly (exit 75) on SIGTERM, SIGUSR1, Ctrl-C or a deadline.
+`learn()` to the same total timesteps; stop cleanly (exit 75) on SIGTERM, SIGUSR1, Ctrl-C or a deadline. Each
+finished episode's reward and length are logged by timestep (ckpt.log: `status`, `report` and `dashboard` plot
+them) and a progress line shows timesteps/s, the ETA and the time to the deadline.
 
     model = resume(run_dir, PPO, env) or PPO("MlpPolicy", env, n_steps=256)
     learn(model, total_timesteps=100_000, run_dir=run_dir, every_timesteps=2048, deadline="11h30m")
@@ -37,10 +39,11 @@ def resume(run_dir: str | Path, algorithm: Any, env: Any, **load_options: Any) -
 
 
 def learn(model: Any, total_timesteps: int, run_dir: str | Path, every_timesteps: int, keep_last: int = 3,
-          deadline: str | None = None, exit_on_stop: bool = True) -> Any:
+          deadline: str | None = None, exit_on_stop: bool = True, progress: str = "auto") -> Any:
     """model.learn() up to total_timesteps (counting what earlier runs did), checkpointed."""
     callbacks = require("stable_baselines3.common.callbacks", "rl")
-    ckpt = _checkpointer(run_dir, model, keep_last=keep_last, deadline=deadline, exit_on_stop=exit_on_stop)
+    ckpt = _checkpointer(run_dir, model, keep_last=keep_last, deadline=deadline, exit_on_stop=exit_on_stop,
+                         progress=progress)
 
     class CheckpointCallback(callbacks.BaseCallback):
         """Saves at rollout ends (where num_timesteps is a whole number of rollouts), stops at the next step."""
@@ -48,6 +51,14 @@ def learn(model: Any, total_timesteps: int, run_dir: str | Path, every_timesteps
         stop_now = False
 
         def _on_step(self) -> bool:
+            for info in self.locals.get("infos") or ():
+                episode = info.get("episode") if isinstance(info, dict) else None
+                if episode:  # set by the Monitor wrapper that SB3 puts around the env at an episode's end
+                    ckpt.step = self.model.num_timesteps
+                    ckpt.log(episode_reward=episode["r"], episode_length=episode["l"])
+            if ckpt.progress.due():
+                ckpt.step = self.model.num_timesteps
+                ckpt.show_progress()
             return not self.stop_now
 
         def _on_rollout_end(self) -> None:
@@ -61,12 +72,14 @@ def learn(model: Any, total_timesteps: int, run_dir: str | Path, every_timesteps
                 ckpt.save()
 
     ckpt.stop.install()
+    ckpt.begin(model.num_timesteps, total_timesteps)
     try:
         remaining = total_timesteps - model.num_timesteps
         if remaining > 0:
             model.learn(remaining, reset_num_timesteps=False, callback=CheckpointCallback())
     finally:
         ckpt.stop.restore()
+        ckpt.end()
     if ckpt.stopped:
         print(f"[durabatch] {ckpt.stopped}: checkpoint saved at {ckpt.step:,} timesteps; run again to resume")
         if exit_on_stop:

@@ -34,10 +34,12 @@ FREE_ABOVE = 64 << 20  # a buffer this big is freed after each write, so it does
 
 # -- checkpoint directories: the one place their layout is spelled out ------------------------------------------
 # RUN_DIR/checkpoints/step-000000001200/{meta.json, state...}, .tmp-step-<step>-<pid>/ while being written, and
-# metrics.jsonl (one line per checkpoint). Kept here because this file must run without importing durabatch.
+# metrics.jsonl (one line per checkpoint), steps.jsonl (ckpt.log(): metrics by step, loops/metrics.py). Kept here
+# because this file must run without importing durabatch.
 CHECKPOINTS = "checkpoints"
 META = "meta.json"
 METRICS = "metrics.jsonl"
+STEPS = "steps.jsonl"
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -137,6 +139,8 @@ def _receive(sock: socket.socket, parent: int | None = None) -> tuple[dict | Non
             if parent is not None and os.getppid() != parent:
                 return None, fds
             continue
+        except ConnectionResetError:  # the other end died with our reply unread (kill -9): its end of file
+            return None, fds
         if not chunk:
             return None, fds
         data += chunk
@@ -325,7 +329,12 @@ def main(argv: list[str]) -> None:
         pass
     sock = socket.socket(fileno=fd)
     sock.settimeout(1.0)  # to notice a dead trainer whose socket a forked child (a DataLoader worker) holds open
-    serve(sock, parent)
+    try:
+        serve(sock, parent)
+    except Exception:
+        if os.getppid() != parent:  # the trainer was killed: nothing to report to, and its stderr is the user's
+            raise SystemExit(0) from None
+        raise
 
 
 if __name__ == "__main__":

@@ -190,7 +190,8 @@ function section(i, kind = 'map') {
   el = document.createElement('section');
   el.id = 'run' + i;
   el.innerHTML = '<h2 class="dir"></h2><p class="head"></p><div class="body"></div>' + (kind === 'loop' ? '' :
-    '<h2>Failed items</h2><div class="failures"></div><h2>Sample of results</h2><div class="sample"></div>');
+    `<h2 id="failures-${i}">Failed items</h2><div class="failures"></div>`
+    + '<h2>Sample of results</h2><div class="sample"></div>');
   document.getElementById('runs').appendChild(el);
   if (kind !== 'loop') { failures(i, 0); sample(i); }
   return el;
@@ -199,15 +200,19 @@ function section(i, kind = 'map') {
 function head(r) {
   if (r.error) return `<span class="err">${esc(r.error)}</span>`;
   if (r.kind === 'loop') {
-    const l = r.latest || {};
-    return `loop: step <b class="step">${num(l.step)}</b>; ` + Object.entries(l.metrics || {}).map(
-      ([k, v]) => `${esc(k)}=${num(v)}`).join(', ');
+    const l = r.logged || r.latest || {};  // ckpt.log()'s last row, else the last checkpoint's
+    return `loop: step <b class="step">${num(r.step ?? l.step)}</b>` + (r.total ? ` of ${num(r.total)}` : '')
+      + '; ' + Object.entries(l.metrics || {}).map(
+      ([k, v]) => `${esc(k)}=${typeof v === 'number' ? v.toPrecision(4) : esc(v)}`).join(', ');
   }
+  const failed = `<b class="failed">${num(r.failed)}</b> failed`;
   return `<b class="state">${esc(r.state)}</b>: <b class="done">${num(r.done)}</b> of <b class="total">`
-    + `${num(r.total)}</b> done, <b class="failed">${num(r.failed)}</b> failed, ${num(r.rate_per_s)} items/s`
+    + `${num(r.total)}</b> done, ${r.failed ? `<a class="failed-link" href="#failures-${r.index}">${failed}</a>`
+    : failed}, ${num(r.rate_per_s)} items/s`
     + (r.remaining ? `, ETA ${dur(r.eta_s)}` : '')
     + (r.api ? `; API ${num(r.api.requests_per_min)} req/min, ${num(r.api.rate_limited)}`
-    + ` 429s, ${num(r.api.tokens_per_min)} tokens/min, cost ${num(r.api.cost)}` : '');
+    + ` 429s, ${num(r.api.tokens_per_min)} tokens/min, cost `
+    + `${r.api.cost == null ? '?' : r.api.cost.toFixed(4)} ${esc(r.api.currency || '')}` : '');
 }
 
 async function failures(i, offset) {
@@ -220,7 +225,7 @@ async function failures(i, offset) {
     + f.items.map(x => `<details class="failure"><summary>${esc(x.key)}: ${esc(x.state)}, ${esc(x.error_type)}:
       ${esc(x.message)} (${x.attempts} attempts)</summary><ol>${x.history.map(a => `<li>${esc(new Date(a.at * 1000)
       .toLocaleString())} ${esc(a.error_type)}: ${esc(a.message)}</li>`).join('')}</ol>
-      <pre>${esc(x.traceback)}</pre></details>`).join('');
+      <pre class="traceback">${esc(x.traceback)}</pre></details>`).join('');
 }
 
 async function sample(i) {
@@ -251,7 +256,9 @@ refresh();
 setInterval(refresh, 3000);
 """
 
+# an empty inline icon: without one the browser asks for /favicon.ico, and its 404 is an error in the console
 PAGE = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"/><title>durabatch dashboard</title>'
+        '<link rel="icon" href="data:,"/>'
         f"<style>{report.CSS}section{{border-top:3px solid #1f77b4;margin-top:2em}}.head{{font-size:16px}}"
         "details.failure{margin:.3em 0}pre{background:#f6f6f6;padding:.5em;overflow:auto;font-size:12px}"
         ".err{color:#b00}table.rows td{text-align:left;max-width:30em;overflow:hidden}</style></head>\n"

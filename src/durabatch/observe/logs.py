@@ -9,6 +9,7 @@ from pathlib import Path
 import psutil
 
 from ..core.events import Observer, Stats
+from .rate import WINDOW_LABEL, RunRates
 from .resources import sample
 
 RESOURCES_EVERY = 10.0  # seconds between `resources:` lines (the dashboard's and report's RAM/CPU charts)
@@ -21,6 +22,8 @@ class RunLog(Observer):
         self._last = 0.0
         self._last_resources = 0.0
         self._file = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in on_end
+        self._rates = RunRates()  # the bar's and status's rate (observe/rate.py)
+        self._rate: float | None = None
 
     def _write(self, text: str) -> None:
         self._file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
@@ -30,6 +33,7 @@ class RunLog(Observer):
                     f"key={stats.key_mode}")
 
     def on_progress(self, stats: Stats) -> None:
+        self._rate = self._rates.update(stats).rate
         self._resources()
 
     def _resources(self) -> None:
@@ -53,7 +57,8 @@ class RunLog(Observer):
         if now - self._last >= self.every:
             self._last = now
             self._write(f"progress: done={stats.already_done + stats.done} failed={stats.failed} "
-                        f"committed={stats.committed} rate={stats.rate:.1f}/s")
+                        f"committed={stats.committed} rate={'?' if self._rate is None else f'{self._rate:.1f}'}/s "
+                        f"({WINDOW_LABEL})")
 
     def on_message(self, message: str) -> None:
         self._write(message)

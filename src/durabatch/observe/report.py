@@ -2,7 +2,8 @@
 plotting dependency, nothing fetched when it is opened). Read-only, safe while the job runs.
 
 A map job: items done over wall-clock time, items/s per interval, failures by error type, each run, the totals.
-A checkpointed loop: each recorded metric by step, steps/s over time, the checkpoints kept on disk."""
+A checkpointed loop: each metric by step (ckpt.log()'s step log, else the metrics recorded with checkpoints),
+steps/s over time, the checkpoints kept on disk."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LedgerError
-from ..loops.writer_process import METRICS, checkpoint_dir, read_meta
+from ..loops.writer_process import checkpoint_dir
 from ..store.ledger import ItemState, Ledger
+from ..store.ranks import ranks_of
 from ..store.rundir import RunDir, lock_holder
-from . import format_duration
+from . import api_charts, format_duration
 from .charts import chart, nice, time_axis
-from .status import read_metrics
+from .loop_report import collect_loop
+from .status import run_state
 
 RATE_BUCKETS = 40  # items/s over about this many equal intervals: per-commit rates are too noisy to read
 STATES = {s.value: "pending_retry" if s is ItemState.PENDING else s.value for s in ItemState}  # as `status` says
@@ -30,17 +33,22 @@ FAILED_SHOWN = 50  # failed items listed with their attempts (the dashboard page
 CSS = ("body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1000px;padding:0 1em;color:#222}"
        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.2em .6em;"
        "text-align:right}th{background:#f3f3f3}td:first-child,td:last-child{text-align:left}svg{display:block}"
-       ".meta,.empty{color:#666}")
+       ".meta,.empty{color:#666}details.failure{margin:.3em 0}summary{cursor:pointer}"
+       "pre{background:#f6f6f6;padding:.5em;overflow:auto;font-size:12px}")
 
 
 # -- reading the run directory ---------------------------------------------------------------------------------
 def collect(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The report's data: series and tables of a map job (ledger) or a checkpointed loop (checkpoints/)."""
+    if ranks_of(run_dir):  # split into ranks: every rank's data merged
+        from .ranked import ranked_report
+
+        return ranked_report(run_dir, collect)
     rd = RunDir(run_dir)
     if rd.ledger.exists():
         data = _collect_map(rd)
     elif checkpoint_dir(rd.path).is_dir():
-        data = _collect_loop(checkpoint_dir(rd.path))
+        data = collect_loop(checkpoint_dir(rd.path))
     elif rd.path.is_dir():
         raise LedgerError(f"{rd.path}: not a durabatch run directory (no ledger.sqlite, no checkpoints/)")
     else:
@@ -57,6 +65,7 @@ def _collect_map(rd: RunDir) -> dict[str, Any]:
             counts = {STATES[s.value]: ledger.count_failures(s) for s in ItemState}
             by_type = _failures_by_type(ledger)
             total, api = ledger.get_meta("total"), ledger.get_meta("api")
+            api_history = ledger.get_meta("api_history") if api else None
             failed_items = _failed_items(ledger, FAILED_SHOWN)
     finally:
         ledger.close()
@@ -68,8 +77,9 @@ def _collect_map(rd: RunDir) -> dict[str, Any]:
     t0 = min(starts) if starts else None
     times, rows = [s["committed_at"] for s in shards], [s["rows"] for s in shards]
     return {
-        "kind": "map", "state": "running" if pid else "finished" if remaining == 0 else "stopped", "pid": pid,
+        "kind": "map", "state": run_state(pid, remaining, runs[-1] if runs else {}), "pid": pid,
         "start": t0, "api": api, "failures_by_type": by_type, "runs": _runs(runs, times, rows, pid),
+        "api_series": api_charts.series(api_history, t0),
         "failed_items": failed_items, "job": read_job(rd), "resources": resources(rd, t0),
         "totals": {"total": total, "done": done, **counts, "remaining": remaining, "shards": len(shards),
                    "bytes": sum(s["bytes"] for s in shards)},
@@ -165,42 +175,6 @@ def _rate(times: list[float], rows: list[int], t0: float | None) -> dict[str, li
             "items_per_s": [d / w for d, w in zip(done, widths, strict=True)]}
 
 
-def _collect_loop(ckpt_dir: Path) -> dict[str, Any]:
-    records = [r for r in read_metrics(ckpt_dir / METRICS) if r.get("reason") != "preflight"]
-    t0 = records[0]["time"] - records[0]["elapsed"] if records else None
-    by_step = {r["step"]: r for r in records}  # a step saved again after a resume: the later record wins
-    metrics: dict[str, dict[str, list]] = {}
-    for step in sorted(by_step):
-        for name, value in by_step[step].get("metrics", {}).items():
-            series = metrics.setdefault(name, {"step": [], "value": []})
-            series["step"].append(step)
-            series["value"].append(value)
-    speed: dict[str, list[float]] = {"t": [], "step": [], "steps_per_s": []}
-    sessions = 0
-    for prev, rec in zip([None, *records], records, strict=False):
-        # One session per process start (time - elapsed); no rate across the gap between two sessions.
-        if prev is None or abs((rec["time"] - rec["elapsed"]) - (prev["time"] - prev["elapsed"])) > 0.05:
-            sessions += 1
-        elif rec["elapsed"] > prev["elapsed"] and rec["step"] > prev["step"]:
-            speed["t"].append(rec["time"] - t0)
-            speed["step"].append(rec["step"])
-            speed["steps_per_s"].append((rec["step"] - prev["step"]) / (rec["elapsed"] - prev["elapsed"]))
-    return {"kind": "loop", "start": t0, "records": len(records), "sessions": sessions,
-            "latest": records[-1] if records else None, "checkpoints": _kept(ckpt_dir),
-            "series": {"metrics": metrics, "steps_per_s": speed}}
-
-
-def _kept(ckpt_dir: Path) -> list[dict[str, Any]]:
-    kept = []
-    for path in ckpt_dir.glob("step-*"):
-        try:
-            meta = read_meta(path)
-        except (OSError, ValueError):
-            continue  # pruned, or not whole yet, while we look
-        kept.append({"name": path.name, **{k: meta.get(k) for k in ("step", "reason", "time", "elapsed", "metrics")}})
-    return sorted(kept, key=lambda c: c["step"])
-
-
 # -- output ----------------------------------------------------------------------------------------------------
 def write(run_dir: str | os.PathLike, to: str | os.PathLike | None = None) -> tuple[Path, dict[str, Any]]:
     """Write the HTML report (default RUN_DIR/report.html); the path and the data it shows."""
@@ -228,7 +202,9 @@ def as_json(data: dict[str, Any]) -> str:
 def render_text(data: dict[str, Any]) -> str:
     if data["kind"] == "loop":
         latest, speed = data["latest"] or {}, data["series"]["steps_per_s"]["steps_per_s"]
-        values = ", ".join(f"{k}={v:.4g}" for k, v in latest.get("metrics", {}).items()) or "none recorded"
+        newest = data.get("logged") or latest  # ckpt.log()'s last row, else the last checkpoint's record
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in newest.get("metrics", {}).items()) or "none recorded"
         return "\n".join([
             f"loop:      {data['records']:,} checkpoints recorded, up to step {latest.get('step', 0):,}, "
             f"{data['sessions']} session(s)",
@@ -265,6 +241,8 @@ def _map_body(data: dict[str, Any]) -> str:
     totals = [("state", _e(data["state"]))] + [(k.replace("_", " "), f"{v:,}" if isinstance(v, int) else "?")
                                                for k, v in t.items() if k != "bytes"]
     totals.append(("output", f"{t['bytes']:,} bytes ({t['bytes'] / 1e6:,.1f} MB)"))
+    if data["failed_items"]:  # one click to the failed items, a second to an item's traceback
+        totals = [(k, f'<a href="#failed-items">{v}</a>' if k == "failed" else v) for k, v in totals]
     div, t_label = time_axis(s["cumulative"]["t"], s["rate"]["t"], data["resources"]["t"])
     restarts = [r / div for r in s["restarts"]]
     marks = [(r, f"run {i + 2}") for i, r in enumerate(restarts)]
@@ -276,7 +254,8 @@ def _map_body(data: dict[str, Any]) -> str:
     failures = [[_e(f["error_type"]), *(str(f[st]) for st in STATES.values()), _e(f["example"])]
                 for f in data["failures_by_type"]]
     return "\n".join([
-        "<h2>Totals</h2>", _table(["", "value"], [[_e(k), v] for k, v in totals]), _api_table(data["api"]),
+        "<h2>Totals</h2>", _table(["", "value"], [[_e(k), v] for k, v in totals]),
+        api_charts.section(data["api"], data.get("api_series"), over_time),
         "<h2>Progress</h2>",
         over_time("items done (cumulative)", s["cumulative"]["t"], s["cumulative"]["done"], "items"),
         over_time("throughput per interval (items/s)", s["rate"]["t"], s["rate"]["items_per_s"], "items/s"),
@@ -295,24 +274,22 @@ def _map_body(data: dict[str, Any]) -> str:
         "<h2>What was run</h2>", _job_table(data["job"])])
 
 
-def _api_table(api: dict[str, Any] | None) -> str:
-    if not api:
-        return ""
-    names = {"requests_per_min": "requests/min (last minute)", "tokens_per_min": "tokens/min (last minute)",
-             "rate_limited": "429s (rate limited)", "cost": "cost (in the unit of --price-input/--price-output)"}
-    rows = [[_e(names.get(k, k.replace("_", " "))), _e(f"{v:,.4g}" if isinstance(v, float) else v)]
-            for k, v in api.items()]
-    return "<h3>API (the latest run, as of its last commit)</h3>" + _table(["", "value"], rows)
-
-
 def _attempts_table(items: list[dict[str, Any]], count: int) -> str:
     if not items:
         return ""
-    rows = [[_e(f["key"]), _e(f["state"]), str(f["attempts"]),
-             "<br/>".join(_e(f"{_when(a['at'])} {a['error_type']}: {a['message']}") for a in f["history"])
-             or _e(f"{f['error_type']}: {f['message']}")] for f in items]
     more = f" (the first {len(items)} of {count:,})" if count > len(items) else ""
-    return f"<h3>Failed items{more}, every attempt</h3>" + _table(["key", "state", "attempts", "history"], rows)
+    return (f'<h3 id="failed-items">Failed items{more}: click one for every attempt and its traceback</h3>'
+            + "\n".join(_failed_item(f) for f in items))
+
+
+def _failed_item(f: dict[str, Any]) -> str:
+    """A closed <details> (no script: the report runs none): the key and error on its line, attempts and the
+    traceback inside."""
+    history = "".join("<li>" + _e(f"{_when(a['at'])} {a['error_type']}: {a['message']}") + "</li>"
+                      for a in f["history"])
+    return (f'<details class="failure"><summary>{_e(f["key"])}: {_e(f["state"])}, {_e(f["error_type"])}: '
+            f'{_e(f["message"])} ({f["attempts"]} attempts)</summary><ol>{history}</ol>'
+            f'<pre class="traceback">{_e(f.get("traceback") or "(no traceback recorded)")}</pre></details>')
 
 
 def _job_table(job: dict[str, Any] | None) -> str:
@@ -339,12 +316,16 @@ def _loop_body(data: dict[str, Any]) -> str:
     kept = [[_e(c["step"]), _e(c["reason"]), _when(c["time"]), format_duration(c["elapsed"]),
              _e(", ".join(f"{k}={v:.4g}" for k, v in (c["metrics"] or {}).items()))] for c in data["checkpoints"]]
     summary = [["checkpoints recorded", f"{data['records']:,}"], ["sessions (process starts)", str(data["sessions"])],
-               ["latest step", _e((data["latest"] or {}).get("step"))]]
+               ["latest checkpoint step", _e((data["latest"] or {}).get("step"))]]
+    if data.get("logged"):
+        logged = data["logged"]
+        summary.append(["latest logged step", f"{logged['step']:,} at {_when(logged['time'])}"])
     return "\n".join([
         "<h2>Summary</h2>", _table(["", "value"], summary),
         "<h2>Metrics</h2>", *(charts or ['<p class="empty">No metrics recorded yet.</p>']),
         chart("training speed (steps/s)", [x / div for x in speed["t"]], speed["steps_per_s"], t_label, "steps/s",
-              zero=True),
+              zero=True, breaks=[r / div for r in speed.get("restarts", [])],
+              marks=[(r / div, f"session {i + 2}") for i, r in enumerate(speed.get("restarts", []))]),
         "<h2>Checkpoints kept</h2>",
         _table(["step", "reason", "saved", "into the session", "metrics"], kept) if kept else
         '<p class="empty">None on disk.</p>'])

@@ -9,22 +9,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..loops.writer_process import METRICS, checkpoint_dir, complete_checkpoints
+from ..loops.metrics import last_step_row
+from ..loops.writer_process import METRICS, STEPS, checkpoint_dir, complete_checkpoints
 from ..store import batch_chunks
 from ..store.ledger import ItemState, Ledger
+from ..store.ranks import ranks_of
 from ..store.rundir import RunDir, lock_holder
 from . import format_duration
+from .rate import WINDOW_LABEL, WINDOW_S, api_figures, windowed_rate
 
 
 def loop_status(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """A training loop's run directory (checkpoints, no ledger): the latest checkpoints and their metrics."""
+    """A training loop's run directory (checkpoints, no ledger): the latest checkpoints and their metrics, and
+    the step and metrics last logged by ckpt.log() (`logged`; None without a step log)."""
     directory = checkpoint_dir(Path(run_dir))
-    if not (directory / METRICS).exists():
+    if not (directory / METRICS).exists() and not (directory / STEPS).exists():
         return None
     records = read_metrics(directory / METRICS)
     kept = sorted(p.name for p in reversed(complete_checkpoints(directory)))
-    return {"run_dir": str(run_dir), "kind": "loop", "checkpoints": kept, "latest": records[-1] if records else None,
-            "history": records[-20:]}
+    latest, logged = records[-1] if records else None, last_step_row(directory)
+    step = max((r["step"] for r in (latest, logged) if r), default=0)
+    return {"run_dir": str(run_dir), "kind": "loop", "step": step, "total": (latest or {}).get("total"),
+            "checkpoints": kept, "latest": latest, "logged": logged, "history": records[-20:]}
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -38,6 +44,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def status(run_dir: str | os.PathLike) -> dict[str, Any]:
+    if ranks_of(run_dir):  # split into ranks: every rank's status merged
+        from .ranked import ranked_status
+
+        return ranked_status(run_dir, status)
     rd = RunDir(run_dir)
     if not rd.ledger.exists():
         loop = loop_status(run_dir)
@@ -51,23 +61,25 @@ def status(run_dir: str | os.PathLike) -> dict[str, Any]:
         interrupted = ledger.count_failures(ItemState.INTERRUPTED)
         pending_retry = ledger.count_failures(ItemState.PENDING)
         total = ledger.get_meta("total")
-        api = ledger.get_meta("api")
+        api, api_history = ledger.get_meta("api"), ledger.get_meta("api_history")
         runs = ledger.runs()
-        recent = ledger.recent_commits(120)
+        pid = lock_holder(rd)
         n_shards, n_bytes, last_commit = ledger.shard_totals()
+        last = runs[-1] if runs else {}
+        now = _window_end(pid, last, last_commit, rd)
+        fetch_from = max(last.get("started_at") or now, now - 10 * WINDOW_S)  # enough to interpolate at its start
+        commits = [c for c in ledger.recent_commits(time.time() - fetch_from) if c[0] <= now]
         quarantined_items = ledger.failures((ItemState.QUARANTINED,)) if quarantined else []
         batches = batch_chunks.summary(ledger)  # Batch-API jobs: each batch's state and counts
     finally:
         ledger.close()
-    pid = lock_holder(rd)
-    rate = None
-    if len(recent) >= 2 and recent[-1][0] > recent[0][0]:
-        rate = sum(rows for _, rows in recent[1:]) / (recent[-1][0] - recent[0][0])
+    rate = _items_rate(commits, last, fetch_from, now)
     remaining = None if total is None else max(0, total - done - failed - quarantined - interrupted)
-    last = runs[-1] if runs else {}
+    state = run_state(pid, remaining, last)
     return {
         "run_dir": str(rd.path),
-        "state": "running" if pid else "finished" if remaining == 0 else "stopped",
+        "state": state,
+        "last_seen_at": now if state == "died" else None,
         "pid": pid,
         "total": total,
         "done": done,
@@ -76,40 +88,104 @@ def status(run_dir: str | os.PathLike) -> dict[str, Any]:
         "interrupted": interrupted,
         "pending_retry": pending_retry,
         "remaining": remaining,
-        "rate_per_s": rate,
-        "eta_s": remaining / rate if rate and remaining is not None else None,
+        "rate_per_s": rate,  # items done per second, observe/rate.py's window (the bar's and --json's too)
+        "rate_window": f"{WINDOW_LABEL} of the run" if pid else f"{WINDOW_LABEL} before it ended",
+        "eta_s": remaining / rate if pid and rate and remaining is not None else None,
         "shards": n_shards,
         "bytes": n_bytes,
         "last_commit_at": last_commit,
         "runs": len(runs),
         "last_run": {k: last.get(k) for k in ("pid", "started_at", "ended_at", "exit_code", "done", "failed")},
-        "api": api,
+        "api": _api_now(api, api_history, last, now, running=bool(pid)),
         "batches": batches,
         "quarantined_items": [{"key": q["key"], "reason": q["message"]} for q in quarantined_items],
     }
 
 
+def run_state(pid: int | None, remaining: int | None, last_run: dict[str, Any]) -> str:
+    """running (the run lock is held), died (not running, and its last run recorded no end: killed, OOM, power
+    cut), finished (nothing left) or stopped (a stop that recorded its end, with items left)."""
+    if pid:
+        return "running"
+    if last_run.get("started_at") and last_run.get("ended_at") is None:
+        return "died"
+    return "finished" if remaining == 0 else "stopped"
+
+
+def _window_end(pid: int | None, last_run: dict[str, Any], last_commit: float | None, rd: RunDir) -> float:
+    """Now while the run runs; else when its last run ended, or (died) when it was last seen: its last commit or
+    the last line of its log (written every few seconds while it lives)."""
+    if pid or not last_run:
+        return time.time()
+    if last_run.get("ended_at"):
+        return float(last_run["ended_at"])
+    log = rd.logs / "run.log"
+    seen = [last_run.get("started_at") or 0.0, last_commit or 0.0, log.stat().st_mtime if log.exists() else 0.0]
+    return min(time.time(), max(seen))
+
+
+def _items_rate(commits: list[tuple[float, int]], last_run: dict[str, Any], fetch_from: float,
+                now: float) -> float | None:
+    """Items done per second over the window, from the last run's commits (rows, cumulated)."""
+    if not last_run.get("started_at"):
+        return None
+    samples, count = [(fetch_from, 0.0)], 0.0
+    for at, rows in commits:
+        if at >= fetch_from:
+            count += rows
+            samples.append((at, count))
+    return windowed_rate(samples, last_run["started_at"], now)
+
+
+def _api_now(api: dict[str, Any] | None, history: Any, last_run: dict[str, Any], now: float,
+             running: bool) -> dict | None:
+    """The API totals, with requests/min (answered, not 429s) and tokens/min over the same window as the items,
+    from the history points the runner writes at each commit (policies/api_metrics.py: at, run, accepted,
+    rate_limited, tokens, cost)."""
+    if not api:
+        return None
+    points = [p for p in history if p[1] == last_run.get("id")] if isinstance(history, list) else []
+    start = last_run.get("started_at") or now
+    answered = windowed_rate([(p[0], p[2]) for p in points], start, now) if points else None
+    tokens = windowed_rate([(p[0], p[4]) for p in points], start, now) if points else None
+    figures = api_figures(api, answered, tokens)
+    if not running:  # calls in flight at the last commit are long gone
+        figures["in_flight"] = 0
+    return {**api, **figures, "window": WINDOW_LABEL}
+
+
 def render_loop(info: dict[str, Any]) -> str:
-    latest = info["latest"] or {}
+    latest, logged = info["latest"] or {}, info.get("logged")
+    total = f" of {info['total']:,}" if info.get("total") else ""
     lines = [f"run dir:     {info['run_dir']} (a checkpointed loop)",
-             f"latest:      step {latest.get('step', 0):,} ({latest.get('reason', '?')}), "
-             f"{format_duration(latest.get('elapsed'))} into the run",
+             f"latest:      step {latest.get('step', 0):,}{total} ({latest.get('reason', '?')}), "
+             f"{format_duration(latest.get('elapsed'))} into the run" if latest else "latest:      no checkpoint yet",
              f"kept:        {', '.join(info['checkpoints']) or 'none'}"]
+    if logged:
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in logged["metrics"].items())
+        lines.append(f"logged:      step {logged['step']:,}, {format_duration(time.time() - logged['time'])} ago: "
+                     f"{values}")
     for record in info["history"]:
         values = ", ".join(f"{k}={v:.4g}" for k, v in record.get("metrics", {}).items())
-        lines.append(f"  step {record['step']:>10,}  {values}")
+        if values:  # checkpoints with metrics (ckpt.record) only
+            lines.append(f"  step {record['step']:>10,}  {values}")
     return "\n".join(lines)
 
 
 def render(info: dict[str, Any]) -> str:
     if info.get("kind") == "loop":
         return render_loop(info)
+    if info.get("kind") == "ranks":
+        from .ranked import render_ranked
+
+        return render_ranked(info)
     total = info["total"]
     finished = info["done"] + info["failed"] + info["quarantined"] + info["interrupted"]
     pct = f" ({100 * finished / total:.1f}%)" if total else ""
     lines = [
         f"run dir:   {info['run_dir']}",
-        f"state:     {info['state']}" + (f" (pid {info['pid']})" if info["pid"] else ""),
+        f"state:     {_state_text(info)}",
         f"progress:  {finished:,}/{total:,}{pct}" if total is not None else f"progress:  {finished:,}",
         f"done:      {info['done']:,} in {info['shards']:,} shards ({info['bytes'] / 1e6:,.1f} MB)",
         f"failed:    {info['failed']:,}" + (f", {info['pending_retry']:,} queued for retry"
@@ -120,14 +196,12 @@ def render(info: dict[str, Any]) -> str:
     if info["quarantined"]:
         lines.append(f"quarantined: {info['quarantined']:,}")
         lines.extend(f"  {q['key']}: {q['reason']}" for q in info["quarantined_items"][:20])
-    if info["rate_per_s"]:
-        lines.append(f"rate:      {info['rate_per_s']:,.1f} items/s (last 2 min), ETA "
-                     f"{format_duration(info['eta_s'])}")
+    if info["rate_per_s"] is not None:
+        eta = f", ETA {format_duration(info['eta_s'])}" if info["eta_s"] is not None else ""
+        lines.append(f"rate:      {info['rate_per_s']:,.1f} items/s ({info['rate_window']}){eta}")
     api = info.get("api")
     if api:
-        lines.append(f"api:       {api['requests']:,} requests, {api['requests_per_min']:,.0f}/min lately, "
-                     f"{api['rate_limited']:,} answered 429, {api.get('retries', 0):,} retries, "
-                     f"{api['tokens']:,} tokens, cost {api['cost']:.4f}")
+        lines.append(_api_line(api, info["rate_window"], running=bool(info["pid"])))
     lines.extend(_batch_lines(info.get("batches") or []))
     if info["last_commit_at"]:
         ago = time.time() - info["last_commit_at"]
@@ -138,6 +212,29 @@ def render(info: dict[str, Any]) -> str:
         ended = f", exit {last['exit_code']}" if last.get("exit_code") is not None else ""
         lines.append(f"runs:      {info['runs']} (last started {started}{ended})")
     return "\n".join(lines)
+
+
+def _api_line(api: dict[str, Any], window: str, running: bool) -> str:
+    """The rates as the bar shows them, then the job's totals (all runs)."""
+    def per_min(value: float | None) -> str:
+        return "?" if value is None else f"{value:,.0f}"
+
+    cost = f"cost {api['cost']:.4f}" + (f" {api['currency']}" if api.get("currency") else "")
+    in_flight = f"{api['in_flight']} in flight, " if running else ""
+    return (f"api:       {in_flight}"
+            f"{per_min(api['requests_per_min'])} req/min, {per_min(api['tokens_per_min'])} tokens/min ({window}); "
+            f"{api['requests']:,} requests, {api['rate_limited']:,} answered 429, {api.get('retries', 0):,} "
+            f"retries, {api['tokens']:,} tokens, {cost}")
+
+
+def _state_text(info: dict[str, Any]) -> str:
+    if info["pid"]:
+        return f"{info['state']} (pid {info['pid']})"
+    if info["state"] == "died":
+        seen = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["last_seen_at"]))
+        return (f"died (not running, and its last run recorded no end: killed or crashed; last seen {seen}, "
+                f"{format_duration(time.time() - info['last_seen_at'])} ago). Run it again to resume.")
+    return info["state"]
 
 
 def _batch_lines(batches: list[dict[str, Any]]) -> list[str]:

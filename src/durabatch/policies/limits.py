@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ratelimit_headers
+from .api_metrics import ApiMetrics, usage_of
 
 Clock = Callable[[], float]
 
@@ -257,79 +258,6 @@ def is_rate_limited(error: object) -> bool:
     status = getattr(error, "status", None)
     kinds = getattr(error, "kinds", ()) or (getattr(error, "error_type", ""),)
     return status == 429 or "RateLimitError" in kinds or "TooManyRequests" in kinds
-
-
-class ApiMetrics:
-    """What an API job shows: in flight, requests per minute achieved, 429s, tokens and cost so far."""
-
-    def __init__(self, price_input: float | None = None, price_output: float | None = None,
-                 max_tokens: int | None = None, max_cost: float | None = None, clock: Clock = time.monotonic):
-        self.price_input, self.price_output = price_input, price_output  # per million tokens
-        self.max_tokens, self.max_cost = max_tokens, max_cost
-        self.over_budget: str | None = None
-        self.clock = clock
-        self.in_flight = 0
-        self.requests = 0
-        self.rate_limited = 0
-        self.retries = 0  # items the runner retried after a transient error (429s are counted apart)
-        self.tokens = 0
-        self.cost = 0.0
-        self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of the last minute's answers
-        self._lock = threading.Lock()
-
-    def started(self) -> None:
-        with self._lock:
-            self.in_flight += 1
-            self.requests += 1
-
-    def try_start(self, estimate: float) -> bool:
-        """Start a call unless it could pass a budget (counting calls in flight at the average cost so far)."""
-        with self._lock:
-            done = max(1, self.requests - self.in_flight)
-            per_call = max(self.tokens / done, estimate) if self.requests > self.in_flight else estimate
-            if self.max_tokens and self.tokens + (self.in_flight + 1) * per_call > self.max_tokens:
-                self.over_budget = f"{self.tokens:,} tokens used of --max-tokens {self.max_tokens:,}"
-                return False
-            if self.max_cost and self.cost + (self.in_flight + 1) * self.cost / done > self.max_cost:
-                self.over_budget = f"{self.cost:.4f} spent of --max-cost {self.max_cost:g}"
-                return False
-            self.in_flight += 1
-            self.requests += 1
-            return True
-
-    def finished(self, usage: dict | None) -> None:
-        with self._lock:
-            self.in_flight -= 1
-            tokens = int(usage["total"]) if usage else 0
-            self.tokens += tokens
-            if usage and (self.price_input or self.price_output):
-                self.cost += (usage["prompt"] * (self.price_input or 0) +
-                              usage["completion"] * (self.price_output or 0)) / 1e6
-            now = self.clock()
-            self._recent.append((now, tokens))
-            while self._recent and self._recent[0][0] < now - 60:
-                self._recent.popleft()
-
-    def snapshot(self) -> dict:
-        with self._lock:
-            now = self.clock()
-            recent = [(t, n) for t, n in self._recent if t >= now - 60]
-            span = min(60.0, max(1.0, now - recent[0][0])) if recent else 60.0
-            return {"in_flight": self.in_flight, "requests": self.requests, "rate_limited": self.rate_limited,
-                    "retries": self.retries,
-                    "requests_per_min": len(recent) * 60 / span, "tokens": self.tokens,
-                    "tokens_per_min": sum(n for _, n in recent) * 60 / span, "cost": round(self.cost, 6)}
-
-
-def usage_of(output: object) -> dict | None:
-    """Token usage a function reported: an OpenAI-style `usage` mapping in its result dict."""
-    usage = output.get("usage") if isinstance(output, dict) else None
-    if not isinstance(usage, dict):
-        return None
-    prompt = usage.get("prompt_tokens") or usage.get("input_tokens") or 0
-    completion = usage.get("completion_tokens") or usage.get("output_tokens") or 0
-    total = usage.get("total_tokens") or prompt + completion
-    return {"prompt": prompt, "completion": completion, "total": total}
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import option
+
 
 @dataclass(frozen=True)
 class Memory:
@@ -45,8 +47,8 @@ class MemoryWatch:
             messages.append(f"memory high: {', '.join(near)}")
         over = any(used > limit for _, used, limit in self._pairs(memory))
         if over and not self.over:
-            messages.append("memory above the limit (--max-memory / --max-gpu-memory): pausing dispatch until it "
-                            "falls, after a cleanup")
+            messages.append(f"memory above the limit ({option('max_memory', None)} / {option('max_gpu_memory', None)}"
+                            "): pausing dispatch until it falls, after a cleanup")
         elif self.over and not over:
             messages.append("memory back under the limit: dispatch resumed")
         self.over = over

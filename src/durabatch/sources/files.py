@@ -19,7 +19,7 @@ from ..columns import ArrowRecords
 from ..errors import ConfigError, InputError
 from ..intervals import select
 from .base import BadRow, Block, Source, Wanted
-from .jsonl import jsonl_blocks, line_blocks, nests_deeply
+from .jsonl import first_wanted, jsonl_blocks, line_blocks, nests_deeply
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
            ".parquet": "parquet", ".pq": "parquet"}
@@ -347,7 +347,17 @@ def _parquet_blocks(path: str, pos: int, wanted: Wanted, end: int | None, column
     import pyarrow.parquet as pq
 
     first = pos
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=BLOCK_ROWS):
+    reader = pq.ParquetFile(path)
+    groups = []
+    for group in range(reader.metadata.num_row_groups):  # row groups wholly before a rank's start: not read
+        rows = reader.metadata.row_group(group).num_rows
+        if not groups and pos + rows <= first_wanted(wanted):
+            pos += rows
+        else:
+            groups.append(group)
+    if not groups:
+        return pos
+    for batch in reader.iter_batches(batch_size=BLOCK_ROWS, row_groups=groups):
         if end is not None and pos >= end:
             return None
         stop = batch.num_rows if end is None else min(batch.num_rows, end - pos)

@@ -32,11 +32,21 @@ def jsonl_blocks(path: str, pos: int, wanted: Callable[[int], bool], end: int | 
     or None when `end` was reached. columnar=True: the records of a block Arrow read are ArrowRecords."""
     misses = 0
     lineno = 0
+    skip = first_wanted(wanted)
+    ahead = pos  # in the reader thread: where its next block starts at most (lines, blank ones included)
 
-    def parse(block: bytes, lines: int) -> pa.Table | None:
+    def parse(block: bytes, lines: int) -> pa.Table | bool | None:
+        nonlocal ahead
+        start, ahead = ahead, ahead + lines
+        if start + lines <= skip and block.startswith(b"{") and block.count(b"\n{") == lines - 1:
+            return SKIPPED  # wholly before the wanted range (a rank's start): counted, not parsed
         return arrow_table(block, lines) if misses < GIVE_UP else None
 
     for block, lines, table in _read_ahead(path, block_size, parse):
+        if table is SKIPPED:
+            pos += lines
+            lineno += lines
+            continue
         if table is not None:  # Arrow read one record per line: positions and line numbers follow
             stop = lines if end is None else max(0, min(lines, end - pos))
             positions = select(wanted, pos, pos + stop)
@@ -76,6 +86,20 @@ def jsonl_blocks(path: str, pos: int, wanted: Callable[[int], bool], end: int | 
         if positions:
             yield positions, numbers, records
     return pos
+
+
+# parse()'s answer for a block wholly before the first wanted position whose every line starts with "{" (so none
+# is blank: each is one position). Other blocks (blank lines, which str.isspace finds also in \x1c or U+3000) are
+# read the ordinary way, so that skipping counts positions exactly as reading would.
+SKIPPED = False
+
+
+def first_wanted(wanted: Callable[[int], bool]) -> int:
+    """The first position `wanted` can accept, when it says (From, a plan's `wanted`); else 0."""
+    lo = getattr(wanted, "lo", None)
+    if lo is None:
+        lo = getattr(getattr(wanted, "__self__", None), "lo", 0)
+    return lo if isinstance(lo, int) else 0
 
 
 def line_blocks(f: BinaryIO, size: int = BLOCK) -> Iterator[bytes]:

@@ -8,7 +8,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, option
 from .base import BadRow, Source
 from .files import IterableSource
 
@@ -33,7 +33,7 @@ def check_keys(source: Source, key: str | None, dedupe: bool = False, skip_bad_r
     count = len(keys)
     if count and keys.null_count == count:  # a misspelt --key: a configuration error, not count bad rows
         raise ConfigError(f"{source.describe()}: no row has a value for the key column '{key}'"
-                          f"{_columns_hint(source)}. Check --key.")
+                          f"{_columns_hint(source)}. Check {option('key', None)}.")
     if not (pa.types.is_integer(keys.type) or pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)
             or pa.types.is_floating(keys.type)):  # lists, structs...: the exact pass names the rows
         del keys
@@ -115,13 +115,14 @@ def exact_pass(source: Source, key: str, dedupe: bool, skip_bad_rows: bool = Fal
             if skip_bad_rows:
                 bad_keys = True
                 continue
-            raise InputError(f"{where}: {problem}. Fix the row, or pass --skip-bad-rows to record it as a failure.")
+            raise InputError(f"{where}: {problem}. Fix the row, or pass {option('skip_bad_rows')} to record it as a "
+                             "failure.")
         kinds.check(value, where)
         first = seen.setdefault(value, where)
         if first is not where:
             if not dedupe:
                 raise InputError(f"duplicate key {key}={value!r}: {first} and {where}. Keys must be unique; "
-                                 "pass --dedupe to keep the first occurrence.")
+                                 f"pass {option('dedupe')} to keep the first occurrence.")
             later.add(pos)
     return later, bad_keys
 
@@ -178,7 +179,7 @@ def _check_key_exists(source: Source, key: str, sample: int = 1000) -> None:
             columns.update(dict.fromkeys(map(str, record)))
     if columns:
         raise ConfigError(f"{source.describe()}: none of the first {min(n + 1, sample):,} rows has the key column "
-                          f"'{key}' (columns: {', '.join(columns)}). Check --key.")
+                          f"'{key}' (columns: {', '.join(columns)}). Check {option('key', None)}.")
 
 
 def _columns_hint(source: Source) -> str:

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import DiskFullError, DurabatchError, LedgerError
+from . import ranks
 from .ledger import Ledger
 from .rundir import RunDir, fsync_path
 from .shards import footer_spans, parse_shard
@@ -26,27 +27,41 @@ WINDOW_BYTES = 256 * 2**20  # decoded result bytes held at once, roughly
 MIN_WINDOW, MAX_WINDOW = 10_000, 2_000_000  # positions per window
 
 
-def export(run_dir: str | os.PathLike, to: str | os.PathLike, failed: bool = False) -> int:
+class UnfinishedError(DurabatchError):
+    """Export of a job that is not finished, without partial=True (CLI: exit 2)."""
+
+
+def export(run_dir: str | os.PathLike, to: str | os.PathLike, failed: bool = False, partial: bool = False,
+           include_failed: bool = False) -> int:
     """Merge the committed results (or the failures) into one Parquet or JSONL file, in source order.
-    Returns the number of rows written. Every shard is checked against what the ledger recorded (checksum, rows,
-    positions) as it is read: a changed one stops the export. The file appears whole and durable or not at all
-    (written aside, fsynced, renamed, directory fsynced); nothing is left behind on an error."""
-    rd = RunDir(run_dir)
+    Returns the number of rows written. A job that is not finished is refused (UnfinishedError, saying how many
+    of how many items are done) unless partial=True. include_failed=True adds the failed, quarantined and
+    interrupted items as rows too, with the columns `_status` (done, failed...) and `_error` ("Type: message").
+    A run split into ranks is merged: rank order is source order, and a key found in two ranks is refused.
+    Every shard is checked against what the ledger recorded (checksum, rows, positions) as it is read: a changed
+    one stops the export. The file appears whole and durable or not at all (written aside, fsynced, renamed,
+    directory fsynced); nothing is left behind on an error."""
+    dirs = [rd for _, rd in ranks.rank_dirs(run_dir)] or [RunDir(run_dir)]
     to = Path(to)
     if to.suffix not in (".parquet", ".jsonl", ".ndjson", ".json"):
         raise ValueError(f"{to}: export writes .parquet or .jsonl")
+    if not failed and not partial:
+        _refuse_unfinished(run_dir, dirs)
     tmp = to.with_name(f".{to.name}.tmp")
     try:
         to.parent.mkdir(parents=True, exist_ok=True)
-        ledger = Ledger.open_readonly(rd)
+        ledgers = [(rd, Ledger.open_readonly(rd)) for rd in dirs if rd.ledger.exists() or len(dirs) == 1]
         try:
             with _Writer(tmp) as out:
                 if failed:
-                    out.write(_failures_table(ledger))
+                    tables = [_failures_table(ledger) for _, ledger in ledgers]
+                    tables = [t for t in tables if t.num_rows] or tables[:1]  # an empty one has text columns
+                    out.write(pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({}))
                 else:
-                    _merge_results(rd, ledger.shards(), out)
+                    _merge_runs(ledgers, out, include_failed)
         finally:
-            ledger.close()
+            for _, ledger in ledgers:
+                ledger.close()
         fsync_path(tmp)
         os.replace(tmp, to)
         fsync_path(to.parent)
@@ -57,6 +72,50 @@ def export(run_dir: str | os.PathLike, to: str | os.PathLike, failed: bool = Fal
             raise _write_error(exc, to) from None
         raise
     return out.rows
+
+
+def _refuse_unfinished(run_dir: str | os.PathLike, dirs: list[RunDir]) -> None:
+    left = [ranks.left_to_do(rd) for rd in dirs]
+    if len(dirs) == 1 and left[0] in (0, None):
+        return  # a single run whose total is unknown (an iterable without a length) cannot be judged
+    if all(n == 0 for n in left):
+        return
+    done, total = ranks.done_of_total(dirs)
+    where = ""
+    if len(dirs) > 1:
+        names = [str(k) for k, n in enumerate(left) if n != 0]
+        unstarted = [str(k) for k, rd in enumerate(dirs) if not rd.ledger.exists()]
+        where = f"; rank{'s' if len(names) > 1 else ''} {', '.join(names)} unfinished" + (
+            f" ({', '.join(unstarted)} not started)" if unstarted else "")
+    raise UnfinishedError(f"{run_dir}: the job is not finished: {done:,} of {total} items done{where}. Run it to "
+                          "the end (the same command resumes), or pass --partial to export what is done")
+
+
+def _merge_runs(ledgers: list[tuple[RunDir, Ledger]], out: _Writer, include_failed: bool) -> None:
+    """One run, or the ranks of a split run one after the other (rank order is source order)."""
+    runs = [(rd, ledger.shards(), _failure_rows(rd, ledger) if include_failed else None) for rd, ledger in ledgers]
+    if len(runs) > 1:
+        ranks.refuse_shared_keys([(rd, shards) for rd, shards, _ in runs], _load)
+    schemas = [_common_schema(rd, shards) for rd, shards, _ in runs if shards]
+    done_schema = pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
+    failures = [None if f is None else _keys_as(f, done_schema) for _, _, f in runs]
+    schemas += [f.schema.remove(f.schema.get_field_index("_pos")) for f in failures if f is not None]
+    if not schemas:
+        out.write(pa.table({}))
+        return
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
+    for (rd, shards, _), fails in zip(runs, failures, strict=True):
+        _merge_results(rd, shards, out, schema, fails)
+
+
+def _keys_as(failures: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Failure keys (text in the ledger) in the type of the results' key column, when they convert."""
+    name = failures.column_names[0]
+    if name not in schema.names:
+        return failures
+    with contextlib.suppress(pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return failures.set_column(0, name, failures.column(0).cast(schema.field(name).type))
+    return failures
 
 
 def _write_error(exc: OSError, to: Path) -> DurabatchError:
@@ -70,16 +129,20 @@ def _write_error(exc: OSError, to: Path) -> DurabatchError:
     return DurabatchError(f"cannot write {to} ({reason}); nothing was written")
 
 
-def _merge_results(rd: RunDir, shards: list[dict], out: _Writer) -> None:
+def _merge_results(rd: RunDir, shards: list[dict], out: _Writer, schema: pa.Schema,
+                   failures: pa.Table | None = None) -> None:
     """Windows of source positions in order; each takes the rows of every shard it meets (a shard of retried
-    items may span many windows), sorts them by position and writes them."""
+    items may span many windows), sorts them by position and writes them. `failures` (with `_pos`) joins in as
+    one more shard whose rows are already in memory."""
+    cache: dict[str, tuple[pa.Table, pa.Array]] = {}  # shards that reach into the next window
+    if failures is not None and failures.num_rows:
+        pos = failures.column("_pos").combine_chunks()
+        shards = [*shards, {"name": "<failures>", "spans": [[pos[0].as_py(), pos[-1].as_py() + 1]]}]
+        cache["<failures>"] = (_conform(failures.drop_columns(["_pos"]), schema), pos)
     if not shards:
-        out.write(pa.table({}))
         return
-    schema = _common_schema(rd, shards)
     bounds = [(s["spans"][0][0], s["spans"][-1][1]) for s in shards]
     window = _window(rd, shards)
-    cache: dict[str, tuple[pa.Table, pa.Array]] = {}  # shards that reach into the next window
     lo, hi = min(b[0] for b in bounds), max(b[1] for b in bounds)
     while lo < hi:
         lo = min(b[0] if b[0] > lo else lo for b in bounds if b[1] > lo)  # skip gaps with no shard
@@ -102,6 +165,9 @@ def _merge_results(rd: RunDir, shards: list[dict], out: _Writer) -> None:
         order = pa.concat_arrays(positions)
         if len(order) > 1 and not pc.all(pc.greater(order[1:], order[:-1])).as_py():
             merged = merged.take(pc.sort_indices(order))
+        if failures is not None:  # --include-failed: done rows say so
+            index = merged.column_names.index("_status")
+            merged = merged.set_column(index, "_status", pc.fill_null(merged.column("_status"), "done"))
         out.write(merged)
         lo = end
 
@@ -196,6 +262,16 @@ def _decoded_size(path: Path) -> int:
         return max(0, pq.ParquetFile(path).metadata.row_group(0).total_byte_size)
     except Exception:  # noqa: BLE001
         return 0
+
+
+def _failure_rows(rd: RunDir, ledger: Ledger) -> pa.Table:
+    """Failed, quarantined and interrupted items as export rows: the key, `_status`, `_error`, and `_pos` (where
+    they go). Keys are text in the ledger; the merge gives them the results' key type."""
+    rows = [f for f in ledger.failures() if f["state"] != "pending"]
+    keys = pa.array([f["key"] for f in rows], pa.string() if rows else pa.null())
+    return pa.table({ranks.key_column(rd): keys, "_status": pa.array([f["state"] for f in rows], pa.string()),
+                     "_error": pa.array([f"{f['error_type']}: {f['message']}" for f in rows], pa.string()),
+                     "_pos": pa.array([f["pos"] for f in rows], pa.int64())})
 
 
 def _failures_table(ledger: Ledger) -> pa.Table:

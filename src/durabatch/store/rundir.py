@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,32 @@ def lock_holder(run_dir: RunDir) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def move_aside(run_dir: RunDir, now: float | None = None) -> Path | None:
+    """Start over without deleting anything: rename the run directory to a sibling RUN_DIR.old-YYYYMMDD-HHMMSS
+    (a -2, -3... suffix when that exists) and return where it went; None when there is nothing to move. Done
+    under the run lock, so a running job is never moved from under itself."""
+    path = Path(os.path.abspath(run_dir.path))
+    if not path.is_dir() or not any(path.iterdir()):
+        return None
+    if (path / "ranks").is_dir():
+        raise DurabatchError(f"{path} holds a ranked job (ranks/): starting fresh moves only a single run's "
+                             "directory; rename it yourself once no rank runs")
+    if not (run_dir.ledger.exists() or run_dir.job.exists()):
+        raise DurabatchError(f"{path} is not a durabatch run directory (no ledger.sqlite): not moving it aside; "
+                             "choose another run directory")
+    if Path.cwd() == path or path in Path.cwd().parents:
+        raise DurabatchError(f"{path} holds the current directory: start fresh from outside it")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    target, n = path.with_name(f"{path.name}.old-{stamp}"), 1
+    while target.exists() or target.is_symlink():  # never overwrite an earlier one
+        n += 1
+        target = path.with_name(f"{path.name}.old-{stamp}-{n}")
+    with run_lock(run_dir):  # RunLockedError (pid named) while another process runs this directory
+        path.rename(target)
+    fsync_path(path.parent)  # the rename survives a crash: the next run never finds the old ledger there
+    return target
 
 
 def not_writable(run_dir: RunDir, exc: OSError) -> DurabatchError:

@@ -7,11 +7,13 @@ Nothing the user made is deleted: a damaged shard goes to run_dir/corrupt/, a da
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,8 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError, LedgerError
 from ..sources.keys import all_distinct
-from . import orphans, shards
+from . import orphans, ranks, shards
+from .export import _load
 from .ledger import Ledger, ShardRecord
 from .rundir import RunDir, lock_holder, run_lock
 from .salvage import salvage
@@ -73,6 +76,8 @@ class Report:
 
 def verify(run_dir: str | Path) -> Report:
     """Read-only, so safe while a job runs (unlisted files may then be commits in progress: not judged)."""
+    if ranks.ranks_of(run_dir):
+        return _ranked(run_dir, verify)
     rd = _run_dir(run_dir)
     report = Report(str(rd.path))
     _check(rd, report, own_lock=False)
@@ -82,6 +87,8 @@ def verify(run_dir: str | Path) -> Report:
 def repair(run_dir: str | Path) -> Report:
     """Check and fix under the run lock: refused (RunLockedError naming the pid) while a job runs, and no job can
     start in the middle of a repair."""
+    if ranks.ranks_of(run_dir):
+        return _ranked(run_dir, repair)
     rd = _run_dir(run_dir)
     with run_lock(rd):
         report = Report(str(rd.path))
@@ -94,6 +101,35 @@ def repair(run_dir: str | Path) -> Report:
         _check(rd, after, own_lock=True)
         report.shards, report.rows, report.remaining = after.shards, after.rows, after.problems
     return report
+
+
+def _ranked(run_dir: str | Path, one: Callable[[Path], Report]) -> Report:
+    """A run split into ranks: each started rank checked (or repaired) on its own, problems named by rank; a key
+    in two ranks is a problem too."""
+    merged = Report(str(run_dir), remaining=None)
+    started = [(k, rd) for k, rd in ranks.rank_dirs(run_dir) if rd.ledger.exists() or rd.shards.is_dir()]
+    unstarted = sorted({k for k, _ in ranks.rank_dirs(run_dir)} - {k for k, _ in started})
+    if unstarted:
+        merged.notes.append(f"rank(s) {', '.join(map(str, unstarted))} not started yet")
+    for k, rd in started:
+        report = one(rd.path)
+        merged.shards += report.shards
+        merged.rows += report.rows
+        merged.notes += [f"rank {k}: {n}" for n in report.notes]
+        merged.problems += [Problem(p.kind, p.file, f"rank {k}: {p.detail}") for p in report.problems]
+        merged.repaired += [f"rank {k}: {r}" for r in report.repaired]
+        if report.remaining is not None:
+            merged.remaining = (merged.remaining or []) + [Problem(p.kind, p.file, f"rank {k}: {p.detail}")
+                                                           for p in report.remaining]
+    if not merged.problems and not merged.remaining:
+        try:
+            with contextlib.ExitStack() as stack:
+                runs = [(rd, stack.enter_context(contextlib.closing(Ledger.open_readonly(rd))).shards())
+                        for _, rd in started if rd.ledger.exists()]
+                ranks.refuse_shared_keys(runs, _load)
+        except ConfigError as exc:
+            merged.problems.append(Problem("duplicate_keys", str(run_dir), str(exc)))
+    return merged
 
 
 def _run_dir(run_dir: str | Path) -> RunDir:

@@ -1,0 +1,173 @@
+"""Scale-out: does a second worker (Ray) or a second rank (`--rank K --ranks N`) double the speed of a GPU-like
+function, and how many trivial items per second can the Ray driver move, next to the processes engine?
+
+    python bench/scaleout.py --rounds 5
+
+Starts a real two-node Ray cluster on loopback (tests/cluster/ray_cluster.py: a private network namespace, so it
+needs root or user namespaces), then runs every arm once per round, interleaved, as real CLI subprocesses:
+
+- ray1 / ray2: `--engine ray --workers 1|2` (actors spread over the two nodes) on `scalefns:sleepy_batch`, a batch
+  function that sleeps 50 ms per call; rank1 / rank2: the same function, inline engine, as 1 or 2 concurrent
+  `--rank K --ranks N` processes. Time = the span of the work itself (first call's start to last call's end, from
+  the stamps the function writes), not process or actor start-up; commits at the end only. Speed-up =
+  span(1) / span(2) per round.
+- ray_trivial / processes_trivial: `scalefns:trivial` (no work) with 2 workers; items/s between the first and the
+  last commit (the steady state, from the ledger's shard times), and end to end.
+- ray_bulky: `scalefns:bulky` (64 KB of random bytes per item, no work) on 2 Ray workers, a commit every 200
+  items: MB/s of output through the driver (steady), the ceiling that the heavy-item variant (actors write
+  their own shards) would lift.
+
+Reported: the median over the rounds, with the spread (min-max)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent / "tests" / "cluster"))
+from ray_cluster import RayCluster, available  # noqa: E402
+
+
+def cli(*args: object) -> list[str]:
+    return [sys.executable, "-m", "durabatch", "run", *map(str, args), "--progress", "off"]
+
+
+def write_input(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(n)))
+    return path
+
+
+def span(stamps: Path) -> float:
+    lines = [line.split() for f in stamps.iterdir() for line in f.read_text().splitlines()]
+    return max(float(e) for _, e, _ in lines) - min(float(s) for s, _, _ in lines)
+
+
+def steady_rate(run_dir: Path) -> float:
+    """Items per second between the first and the last commit (start-up and the first batch left out)."""
+    rows = []
+    for ledger in run_dir.rglob("ledger.sqlite"):
+        with sqlite3.connect(ledger) as conn:
+            rows += conn.execute("SELECT committed_at, rows FROM shards").fetchall()
+    rows.sort()
+    if len(rows) < 2 or rows[-1][0] <= rows[0][0]:
+        raise RuntimeError(f"{run_dir}: fewer than two commits; give the arm more items")
+    return sum(r for _, r in rows[1:]) / (rows[-1][0] - rows[0][0])
+
+
+def sleepy_arm(cluster: RayCluster, work: Path, data: Path, arm: str, batch: int) -> float:
+    stamps = work / "stamps"
+    stamps.mkdir()
+    # Commits at the end only: a commit stalls dispatch for as long in every arm (bench/overhead.py measures it).
+    common = ["--input", data, "--fn", "scalefns:sleepy_batch", "--key", "id", "--batch-size", batch,
+              "--param", f"stamps={stamps}", "--commit-seconds", 600]
+    if arm.startswith("ray"):
+        run = [*common, "--run-dir", work / "run", "--engine", "ray", "--workers", arm[-1]]
+        subprocess.run(cluster.command(cli(*run)), env=cluster.driver_env(), check=True, capture_output=True)
+    else:
+        ranks = int(arm[-1])
+        procs = [subprocess.Popen(cli(*common, "--run-dir", work / "run", "--rank", k, "--ranks", ranks),
+                                  env=cluster.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for k in range(ranks)]
+        for proc in procs:
+            _, err = proc.communicate()
+            if proc.returncode:
+                raise RuntimeError(f"{arm}: {err.decode()[-2000:]}")
+    return span(stamps)
+
+
+def trivial_arm(cluster: RayCluster, work: Path, data: Path, engine: str, n: int, fn: str = "scalefns:trivial",
+                commit_every: int = 10_000) -> tuple[float, float]:
+    run = ["--input", data, "--fn", fn, "--key", "id", "--run-dir", work / "run", "--engine", engine, "--workers", 2,
+           "--commit-every", commit_every]
+    t0 = time.perf_counter()
+    if engine == "ray":
+        subprocess.run(cluster.command(cli(*run)), env=cluster.driver_env(), check=True, capture_output=True)
+    else:
+        subprocess.run(cli(*run), env=cluster.env(), check=True, capture_output=True)
+    seconds = time.perf_counter() - t0
+    rate = steady_rate(work / "run")
+    shutil.rmtree(work / "run")  # bulky runs write hundreds of MB
+    return rate, n / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=60, help="50 ms calls per sleepy run")
+    parser.add_argument("--batch", type=int, default=4, help="items per call")
+    parser.add_argument("--trivial", type=int, default=200_000, help="items per trivial run")
+    parser.add_argument("--bulky", type=int, default=3000, help="items of 64 KB per bulky run (0: no bulky arm)")
+    parser.add_argument("--skip-ranks", action="store_true", help="without the --rank/--ranks arms")
+    args = parser.parse_args()
+    why = available()
+    if why:
+        sys.exit(f"cannot start a local Ray cluster: {why}")
+    root = Path(tempfile.mkdtemp(prefix="scaleout-"))
+    sleepy = write_input(root / "sleepy.jsonl", args.calls * args.batch)
+    trivial = write_input(root / "trivial.jsonl", args.trivial)
+    bulky = write_input(root / "bulky.jsonl", args.bulky)
+    cluster = RayCluster(root / "cluster", cpus_per_node=2, pythonpath=[str(BENCH)])
+    arms = ["ray1", "ray2"] + ([] if args.skip_ranks else ["rank1", "rank2"])
+    spans: dict[str, list[float]] = {a: [] for a in arms}
+    rates: dict[str, list[tuple[float, float]]] = {"ray": [], "processes": [], "bulky": []}
+    cluster.start()
+    try:
+        for r in range(args.rounds):
+            order = arms if r % 2 == 0 else arms[::-1]  # no arm always runs first
+            for arm in order:
+                spans[arm].append(sleepy_arm(cluster, Path(tempfile.mkdtemp(dir=root)), sleepy, arm, args.batch))
+            for engine in ("ray", "processes") if r % 2 == 0 else ("processes", "ray"):
+                rates[engine].append(trivial_arm(cluster, Path(tempfile.mkdtemp(dir=root)), trivial, engine,
+                                                 args.trivial))
+            if args.bulky:
+                rates["bulky"].append(trivial_arm(cluster, Path(tempfile.mkdtemp(dir=root)), bulky, "ray",
+                                                  args.bulky, "scalefns:bulky", commit_every=200))
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    report(spans, rates, args)
+
+
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def report(spans: dict[str, list[float]], rates: dict[str, list[tuple[float, float]]], args) -> None:
+    items = args.calls * args.batch
+    print(f"\n{args.calls} calls of 50 ms ({items} items, {args.batch} per call); median (min-max) over "
+          f"{args.rounds} interleaved rounds\n")
+    print("| arm | work span s | speed-up vs 1 |")
+    print("| --- | ---: | ---: |")
+    for kind in ("ray", "rank"):
+        if f"{kind}1" not in spans:
+            continue
+        one, two = spans[f"{kind}1"], spans[f"{kind}2"]
+        print(f"| {kind} x1 | {spread(one)} | 1 |")
+        print(f"| {kind} x2 | {spread(two)} | {spread([a / b for a, b in zip(one, two, strict=True)])} |")
+    print(f"\ntrivial items ({args.trivial:,}), 2 workers: items/s\n")
+    print("| engine | steady (between commits) | end to end |")
+    print("| --- | ---: | ---: |")
+    for engine in ("ray", "processes"):
+        values = rates[engine]
+        steady, end = spread([s for s, _ in values], "{:,.0f}"), spread([e for _, e in values], "{:,.0f}")
+        print(f"| {engine} | {steady} | {end} |")
+    ratio = [r / p for (r, _), (p, _) in zip(rates["ray"], rates["processes"], strict=True)]
+    print(f"\nray / processes, steady: {spread(ratio, '{:.2f}')}")
+    if rates["bulky"]:
+        mb = [s * 64 / 1024 for s, _ in rates["bulky"]]
+        print(f"\nbulky outputs (64 KB per item, {args.bulky:,} items), 2 Ray workers: {spread(mb, '{:.0f}')} MB/s "
+              "through the driver (steady)")
+
+
+if __name__ == "__main__":
+    main()
