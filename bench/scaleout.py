@@ -15,7 +15,10 @@ needs root or user namespaces), then runs every arm once per round, interleaved,
   last commit (the steady state, from the ledger's shard times), and end to end.
 - ray_bulky: `scalefns:bulky` (64 KB of random bytes per item, no work) on 2 Ray workers, a commit every 200
   items: MB/s of output through the driver (steady), the ceiling that the heavy-item variant (actors write
-  their own shards) would lift.
+  their own shards) lifts: bulky_actors is the same run with `--ray-shards actors` (each actor writes its
+  batches' shards, the driver only lists them). ray_trivial_actors: the trivial arm with `--ray-shards actors`,
+  the cost of that variant when items are light. `--shards-only` runs only these four arms. These arms also
+  report the driver's own CPU time (getrusage of the waited-for driver process), per MB or per item.
 
 Reported: the median over the rounds, with the spread (min-max)."""
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -85,18 +89,25 @@ def sleepy_arm(cluster: RayCluster, work: Path, data: Path, arm: str, batch: int
 
 
 def trivial_arm(cluster: RayCluster, work: Path, data: Path, engine: str, n: int, fn: str = "scalefns:trivial",
-                commit_every: int = 10_000) -> tuple[float, float]:
+                commit_every: int = 10_000, extra: tuple = ()) -> tuple[float, float, float]:
+    """(steady items/s, end-to-end items/s, the driver's CPU seconds: its user + system time, as a waited-for
+    child; Ray's actors and raylets are not its children)"""
     run = ["--input", data, "--fn", fn, "--key", "id", "--run-dir", work / "run", "--engine", engine, "--workers", 2,
-           "--commit-every", commit_every]
-    t0 = time.perf_counter()
+           "--commit-every", commit_every, *extra]
+    t0, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     if engine == "ray":
         subprocess.run(cluster.command(cli(*run)), env=cluster.driver_env(), check=True, capture_output=True)
     else:
         subprocess.run(cli(*run), env=cluster.env(), check=True, capture_output=True)
     seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    driver_cpu = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
     rate = steady_rate(work / "run")
     shutil.rmtree(work / "run")  # bulky runs write hundreds of MB
-    return rate, n / seconds
+    return rate, n / seconds, driver_cpu
+
+
+SHARDS = {False: (), True: ("--ray-shards", "actors")}
 
 
 def main() -> None:
@@ -106,7 +117,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="items per call")
     parser.add_argument("--trivial", type=int, default=200_000, help="items per trivial run")
     parser.add_argument("--bulky", type=int, default=3000, help="items of 64 KB per bulky run (0: no bulky arm)")
+    parser.add_argument("--kb", type=int, default=64, help="output KB per bulky item")
     parser.add_argument("--skip-ranks", action="store_true", help="without the --rank/--ranks arms")
+    parser.add_argument("--shards-only", action="store_true", help="only the driver/actors shard arms")
     args = parser.parse_args()
     why = available()
     if why:
@@ -116,21 +129,26 @@ def main() -> None:
     trivial = write_input(root / "trivial.jsonl", args.trivial)
     bulky = write_input(root / "bulky.jsonl", args.bulky)
     cluster = RayCluster(root / "cluster", cpus_per_node=2, pythonpath=[str(BENCH)])
-    arms = ["ray1", "ray2"] + ([] if args.skip_ranks else ["rank1", "rank2"])
+    arms = [] if args.shards_only else ["ray1", "ray2"] + ([] if args.skip_ranks else ["rank1", "rank2"])
     spans: dict[str, list[float]] = {a: [] for a in arms}
-    rates: dict[str, list[tuple[float, float]]] = {"ray": [], "processes": [], "bulky": []}
+    rates: dict[str, list[tuple[float, float, float]]] = {"ray": [], "processes": [], "bulky": [], "bulky_actors": [],
+                                                   "ray_actors": []}
     cluster.start()
     try:
         for r in range(args.rounds):
             order = arms if r % 2 == 0 else arms[::-1]  # no arm always runs first
             for arm in order:
                 spans[arm].append(sleepy_arm(cluster, Path(tempfile.mkdtemp(dir=root)), sleepy, arm, args.batch))
-            for engine in ("ray", "processes") if r % 2 == 0 else ("processes", "ray"):
-                rates[engine].append(trivial_arm(cluster, Path(tempfile.mkdtemp(dir=root)), trivial, engine,
-                                                 args.trivial))
-            if args.bulky:
-                rates["bulky"].append(trivial_arm(cluster, Path(tempfile.mkdtemp(dir=root)), bulky, "ray",
-                                                  args.bulky, "scalefns:bulky", commit_every=200))
+            light = ("ray", "ray_actors") if args.shards_only else ("ray", "processes", "ray_actors")
+            light = light if args.trivial else ()
+            for arm in light if r % 2 == 0 else light[::-1]:
+                engine, extra = ("processes", ()) if arm == "processes" else ("ray", SHARDS[arm.endswith("actors")])
+                rates[arm].append(trivial_arm(cluster, Path(tempfile.mkdtemp(dir=root)), trivial, engine,
+                                              args.trivial, extra=extra))
+            for arm in ("bulky", "bulky_actors")[::1 if r % 2 == 0 else -1] if args.bulky else ():
+                rates[arm].append(trivial_arm(cluster, Path(tempfile.mkdtemp(dir=root)), bulky, "ray", args.bulky,
+                                              "scalefns:bulky", commit_every=200,
+                                              extra=(*SHARDS[arm.endswith("actors")], "--param", f"kb={args.kb}")))
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     finally:
         cluster.stop()
@@ -142,7 +160,41 @@ def spread(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
-def report(spans: dict[str, list[float]], rates: dict[str, list[tuple[float, float]]], args) -> None:
+def report(spans: dict[str, list[float]], rates: dict[str, list[tuple[float, float, float]]], args) -> None:
+    if spans:
+        print_spans(spans, args)
+    if rates["ray"]:
+        print_trivial(rates, args)
+    if rates["bulky"]:
+        print(f"\nbulky outputs ({args.kb} KB per item, {args.bulky:,} items), 2 Ray workers: MB/s of output\n")
+        print("| shards written by | steady (between commits) | end to end | driver CPU ms per MB |")
+        print("| --- | ---: | ---: | ---: |")
+        for arm, who in (("bulky", "the driver"), ("bulky_actors", "the actors")):
+            mb = [(s * args.kb / 1024, e * args.kb / 1024) for s, e, _ in rates[arm]]
+            cpu = [c / (args.bulky * args.kb / 1024) * 1000 for *_, c in rates[arm]]  # ms per MB of output
+            print(f"| {who} | {spread([s for s, _ in mb], '{:.0f}')} | {spread([e for _, e in mb], '{:.0f}')} | "
+                  f"{spread(cpu, '{:.1f}')} |")
+        ratio = [a[0] / d[0] for a, d in zip(rates["bulky_actors"], rates["bulky"], strict=True)]
+        print(f"\nactors / driver, steady: {spread(ratio, '{:.2f}')}")
+
+
+def print_trivial(rates: dict[str, list[tuple[float, float, float]]], args) -> None:
+    print(f"\ntrivial items ({args.trivial:,}), 2 workers: items/s\n")
+    print("| engine | steady (between commits) | end to end | driver CPU us per item |")
+    print("| --- | ---: | ---: | ---: |")
+    for engine in ("ray", "processes", "ray_actors"):
+        if values := rates[engine]:
+            steady, end = spread([v[0] for v in values], "{:,.0f}"), spread([v[1] for v in values], "{:,.0f}")
+            cpu = spread([v[2] / args.trivial * 1e6 for v in values], "{:.0f}")
+            print(f"| {engine} | {steady} | {end} | {cpu} |")
+    if rates["processes"]:
+        ratio = [r[0] / p[0] for r, p in zip(rates["ray"], rates["processes"], strict=True)]
+        print(f"\nray / processes, steady: {spread(ratio, '{:.2f}')}")
+    ratio = [a[0] / d[0] for a, d in zip(rates["ray_actors"], rates["ray"], strict=True)]
+    print(f"ray actors-write / driver-writes, trivial, steady: {spread(ratio, '{:.2f}')}")
+
+
+def print_spans(spans: dict[str, list[float]], args) -> None:
     items = args.calls * args.batch
     print(f"\n{args.calls} calls of 50 ms ({items} items, {args.batch} per call); median (min-max) over "
           f"{args.rounds} interleaved rounds\n")
@@ -154,20 +206,6 @@ def report(spans: dict[str, list[float]], rates: dict[str, list[tuple[float, flo
         one, two = spans[f"{kind}1"], spans[f"{kind}2"]
         print(f"| {kind} x1 | {spread(one)} | 1 |")
         print(f"| {kind} x2 | {spread(two)} | {spread([a / b for a, b in zip(one, two, strict=True)])} |")
-    print(f"\ntrivial items ({args.trivial:,}), 2 workers: items/s\n")
-    print("| engine | steady (between commits) | end to end |")
-    print("| --- | ---: | ---: |")
-    for engine in ("ray", "processes"):
-        values = rates[engine]
-        steady, end = spread([s for s, _ in values], "{:,.0f}"), spread([e for _, e in values], "{:,.0f}")
-        print(f"| {engine} | {steady} | {end} |")
-    ratio = [r / p for (r, _), (p, _) in zip(rates["ray"], rates["processes"], strict=True)]
-    print(f"\nray / processes, steady: {spread(ratio, '{:.2f}')}")
-    if rates["bulky"]:
-        mb = [s * 64 / 1024 for s, _ in rates["bulky"]]
-        print(f"\nbulky outputs (64 KB per item, {args.bulky:,} items), 2 Ray workers: {spread(mb, '{:.0f}')} MB/s "
-              "through the driver (steady)")
-
 
 if __name__ == "__main__":
     main()

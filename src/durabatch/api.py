@@ -120,6 +120,9 @@ def make_job(target: Any, source: Source, s: JobSettings, rd: RunDir, observers:
     if s.item_timeout and engine_name == "threads":
         messages.append(f"{option('item_timeout', None)} is not enforced on the threads engine (a thread cannot "
                         f"be stopped); use {option('engine', 'processes')}")
+    if s.ray_shards == "actors" and (engine_name != "ray" or fanin is not None):
+        raise ConfigError(f"{option('ray_shards', 'actors')} needs {option('engine', 'ray')} and no "
+                          f"{option('split', None)} (fan-out results are combined by this process)")
     check_params(target, s.params, s.batch_size is not None)
     fp = fingerprint(target, s, source.identity())
     if fanin is not None:
@@ -132,7 +135,7 @@ def make_job(target: Any, source: Source, s: JobSettings, rd: RunDir, observers:
         engine=make_engine(engine_name, workers, s.item_timeout, parse_size(s.max_worker_memory), s.concurrency,
                            limits, devices=devices, runner_visible=_runner_visible(devices), ray_options={
                                "address": s.ray_address, "cpus_per_worker": s.cpus_per_worker,
-                               "gpus_per_worker": s.gpus_per_worker}),
+                               "gpus_per_worker": s.gpus_per_worker, "shards": s.ray_shards}),
         keys=Keys(s.key, s.dedupe, s.skip_bad_rows),
         selection=Selection(s.start or 0, s.end, s.limit, ranked=s.ranks is not None),
         batching=Batching(s.batch_size, s.batch_format == "columns", adaptive=not s.at_most_once),

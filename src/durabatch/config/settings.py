@@ -56,6 +56,11 @@ class JobSettings(BaseModel):
                                     "else a local Ray started for this run).")
     cpus_per_worker: float | None = Field(None, gt=0, description="ray engine: CPUs reserved per actor (default 1).")
     gpus_per_worker: float | None = Field(None, ge=0, description="ray engine: GPUs reserved per actor.")
+    ray_shards: Literal["driver", "actors"] = Field(
+        "driver", description="ray engine: who writes the result shards. driver: results come back to this "
+        "process, which writes them. actors: each actor writes its batch's shard into the run directory (which "
+        "must be on storage every node shares) and this process only lists it: for heavy results, where the "
+        "driver's bytes are the limit (see docs/benchmarks.md).")
     rank: int | None = Field(None, ge=0, description="This process's share of the input, 0-based, with --ranks: "
                              "any launcher (Slurm arrays, torchrun, k8s indexed jobs) runs ranks 0..N-1 at once.")
     ranks: int | None = Field(None, ge=1, description="Split the input into N contiguous ranges, each with its "
@@ -189,7 +194,7 @@ HELP_SECTIONS: dict[str, tuple[str, ...]] = {
     "Input": ("input", "key", "start", "end", "limit", "dedupe", "skip_bad_rows"),
     "Function": ("fn", "params", "batch_size", "batch_format", "split", "combine", "cleanup_every"),
     "Engine": ("engine", "workers", "concurrency", "batch_api", "parse", "batch_requests", "batch_poll"),
-    "Scale-out": ("gpus", "ray_address", "cpus_per_worker", "gpus_per_worker", "rank", "ranks"),
+    "Scale-out": ("gpus", "ray_address", "cpus_per_worker", "gpus_per_worker", "ray_shards", "rank", "ranks"),
     "Limits and budgets": ("rpm", "tpm", "tokens_per_item", "limits", "limit_by", "price_input", "price_output",
                            "currency", "max_tokens", "max_cost", "item_timeout", "max_worker_memory", "max_memory",
                            "max_gpu_memory"),

@@ -22,7 +22,7 @@ from .. import intervals
 from ..columns import FieldTypes
 from ..errors import DiskFullError, DurabatchError
 from ..store import shards
-from ..store.ledger import Failure, Ledger
+from ..store.ledger import Failure, Ledger, ShardRecord
 from ..store.rundir import RunDir
 
 
@@ -37,6 +37,7 @@ class Pending:
     failures: list[Failure] = field(default_factory=list)
     meta: dict | None = None  # ledger meta to record in the same transaction (e.g. API metrics for `status`)
     shard: Shard | None = None  # the encoded results, once submitted
+    written: ShardRecord | None = None  # a shard a worker already wrote (core/written.py): only listed here
     _singles: list | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -104,6 +105,11 @@ class Committer:
             self.error = exc
             return
         self._queue.put(pending)
+
+    def submit_written(self, pending: Pending) -> None:
+        """A shard already written elsewhere (pending.written), with its failures: one ledger transaction."""
+        if self.error is None:
+            self._queue.put(pending)
 
     def close(self) -> None:
         """Commit everything submitted, then stop. Raises the first commit error."""
@@ -176,8 +182,8 @@ def _apply_field_types(pending: Pending, fields: FieldTypes) -> None:
 
 def commit(ledger: Ledger, run_dir: RunDir, pending: Pending, fmt: str, key_column: str, run_id: int) -> Committed:
     """Shard durable first (temp, fsync, rename, fsync dir), then one ledger transaction lists it."""
-    shard = pending.shard if pending.shard is not None else encode(pending, fmt, key_column)
-    record = None
+    shard = pending.shard if pending.shard is not None or pending.written else encode(pending, fmt, key_column)
+    record = pending.written
     if shard is not None:
         record = shards.write_atomic(run_dir.shards, shard.data, shard.rows, shard.spans, fmt)
     ledger.commit(record, pending.failures, run_id, pending.meta)

@@ -16,7 +16,7 @@ from ..policies.memory import MemoryWatch
 from ..policies.stopping import STOP_SIGNALS, StopFlag
 from ..store.ledger import Failure, ItemState, Ledger
 from ..store.rundir import RunDir
-from . import quarantine, watchdog
+from . import quarantine, watchdog, written
 from .committer import Committer, Pending
 from .dispatch import BATCH_SECONDS, Dispatch
 from .events import Observers, Stats
@@ -128,6 +128,7 @@ class Run:
                                  batch_seconds=getattr(engine, "batch_seconds", BATCH_SECONDS))
         self.journal = Journal(self.rd.inflight, durable=job.safety.at_most_once)
         self.committer = Committer(self.ledger, self.rd, job.commit.output_format, job.keys.output_column, run_id)
+        written.attach(engine, self.committer, self.rd)
         if self.deadline:
             left = self.deadline[0] - time.time()
             self.observers.on_message(f"deadline: {self.deadline[1]}, in {left / 60:.1f} min")
@@ -257,6 +258,11 @@ class Run:
         batch = result.batch
         self.journal.finished(batch)
         self._flying.pop(batch.id, None)
+        self._slowest = max(result.seconds, self._slowest * 0.99)
+        self.dispatch.observe(result.seconds, len(batch.positions))
+        if result.written is not None:  # the worker wrote the batch's shard: listed now; its errors go on below
+            result = written.record(self.committer, result, self.stats, self.failfast)
+            batch = result.batch
         if result.note:
             self.observers.on_message(result.note)
         if batch.solo:
@@ -272,8 +278,6 @@ class Run:
             for i, outcome in enumerate(outcomes):
                 output = result.outputs[i] if outcome.action is Action.DONE else None
                 self._apply(outcome, batch.positions[i], batch.keys[i], batch.records[i], output, batch.attempt)
-        self._slowest = max(result.seconds, self._slowest * 0.99)
-        self.dispatch.observe(result.seconds, len(batch.positions))
         self._drain_fanin()
 
     def _apply(self, outcome: Outcome, pos: int, key: Any, record: dict, output: Any, attempt: int) -> None:

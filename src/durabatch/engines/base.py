@@ -31,6 +31,8 @@ class BatchResult:
     errors: dict[int, ItemError]  # index in the batch -> error
     seconds: float
     note: str | None = None  # e.g. the batch function ran out of memory and continues with smaller batches
+    written: Any = None  # (ShardRecord | None, {index: why its result's type was refused}, field types) when the
+    # worker wrote the batch's shard itself (Ray, ray_shards "actors"): outputs are then all None
 
 
 def drain(done: queue.Queue, timeout: float) -> list[BatchResult]:

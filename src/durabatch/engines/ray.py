@@ -19,6 +19,7 @@ import os
 import pickle
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,22 @@ class BatchActor:
             outputs, errors = [None] * len(records), dict.fromkeys(range(len(records)), error)
         return outputs, errors, time.perf_counter() - t0, self.work.take_note()
 
+    def run_and_write(self, records: list, positions: list[int], keys: list, writer: Callable,
+                      types: str | None) -> tuple[None, dict[int, ItemError], float, str | None, tuple]:
+        """ray_shards "actors": the batch's results go into a shard this actor writes (`writer`:
+        store.actor_shards.ShardWriter, given by the core); only the shard's record and the errors go back."""
+        outputs, errors, seconds, note = self.run(records)
+        ok = [i for i in range(len(records)) if i not in errors]
+        written: tuple = (None, {}, types)
+        if ok:
+            pieces = [outputs] if len(ok) == len(records) else [[outputs[i] for i in ok]]
+            try:
+                shard, refused, fixed = writer([positions[i] for i in ok], [keys[i] for i in ok], pieces, types)
+                written = (shard, {ok[i]: why for i, why in refused.items()}, fixed)
+            except BaseException as exc:  # noqa: BLE001 - e.g. shared storage full: the items' error, retried
+                errors.update(dict.fromkeys(ok, ItemError.from_exception(exc)))
+        return None, errors, seconds, note, written
+
     def close(self) -> None:
         if self.setup_error is None:
             self.work.close()
@@ -89,14 +106,17 @@ class RayEngine:
 
     pins_deaths = True  # one batch per actor at a time: a death names its batch
     batch_seconds = BATCH_SECONDS
+    shard_writer: Callable | None = None  # shards "actors": set by the core (core/written.attach) before a batch
+    field_types: Callable[[], str] | None = None
 
     def __init__(self, workers: int, address: str | None = None, cpus_per_worker: float | None = None,
-                 gpus_per_worker: float | None = None, item_timeout: float | None = None):
+                 gpus_per_worker: float | None = None, item_timeout: float | None = None, shards: str = "driver"):
         self.slots = workers
         self.address = address
         self.cpus = 1.0 if cpus_per_worker is None else cpus_per_worker
         self.gpus = gpus_per_worker or 0.0
         self.item_timeout = item_timeout
+        self.writes_shards = shards == "actors"  # each actor writes its batches' shards (heavy results)
         self._pool: list[_Slot] = []
         self._owns_ray = False
 
@@ -161,7 +181,12 @@ class RayEngine:
         slot = next(s for s in self._pool if s.batch is None)
         slot.batch, slot.started = batch, time.monotonic()
         # A plain list crosses to the actor (ArrowRecords too: it pickles as its Arrow table).
-        slot.ref = slot.handle.run.remote(batch.records)
+        if self.writes_shards:
+            assert self.shard_writer is not None and self.field_types is not None
+            slot.ref = slot.handle.run_and_write.remote(batch.records, batch.positions, batch.keys,
+                                                        self.shard_writer, self.field_types())
+        else:
+            slot.ref = slot.handle.run.remote(batch.records)
 
     def poll(self, timeout: float) -> list[BatchResult]:
         busy = {s.ref: s for s in self._pool if s.batch is not None}
@@ -183,7 +208,7 @@ class RayEngine:
             try:
                 if slot.node_id is None:  # a replacement's first batch: its setup() must have worked
                     self._await_ready(slot, timeout=10, starting=False)
-                outputs, errors, seconds, note = ray.get(ref)
+                outputs, errors, seconds, note, *written = ray.get(ref)
             except ray.exceptions.RayError as exc:
                 error = self._death(slot, exc)
                 note = f"{error.message}: its batch of {len(batch.records)} runs again" \
@@ -191,7 +216,9 @@ class RayEngine:
                 results.append(BatchResult(batch, [None] * len(batch.records),
                                            dict.fromkeys(range(len(batch.records)), error), 0.0, note))
                 continue
-            results.append(BatchResult(batch, outputs, errors, seconds, note))
+            if written:  # the actor wrote the shard: no outputs came back
+                outputs = [None] * len(batch.records)
+            results.append(BatchResult(batch, outputs, errors, seconds, note, written[0] if written else None))
         return results
 
     def _watch(self) -> None:
