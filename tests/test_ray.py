@@ -17,7 +17,7 @@ import pytest
 from conftest import TESTS, cli_command, committed_rows, export_ids, ledger_query, log_has, read_export, wait_until
 
 sys.path.insert(0, str(TESTS / "cluster"))
-from ray_cluster import RayCluster, available  # noqa: E402
+from ray_cluster import RayCluster, module_cluster  # noqa: E402
 
 from durabatch.core.outcomes import Action, Rules, decide  # noqa: E402
 from durabatch.errors import ConfigError, ErrorKind, ItemError  # noqa: E402
@@ -28,15 +28,7 @@ N = 400
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    why = available()
-    if why is not None:
-        pytest.skip(f"no local Ray cluster here: {why}")
-    made = RayCluster(tmp_path_factory.mktemp("ray"), cpus_per_node=2, pythonpath=[str(TESTS)])
-    try:
-        made.start()
-        yield made
-    finally:
-        made.stop()
+    yield from module_cluster(tmp_path_factory.mktemp("ray"), [str(TESTS)])
 
 
 def write_input(folder: Path, n: int = N) -> Path:

@@ -19,7 +19,7 @@ import pytest
 from conftest import TESTS, cli_command, committed_rows, durabatch_cli, ledger_query, read_export, wait_until
 
 sys.path.insert(0, str(TESTS / "cluster"))
-from ray_cluster import RayCluster, available  # noqa: E402
+from ray_cluster import RayCluster, module_cluster  # noqa: E402
 
 from durabatch.core import written  # noqa: E402
 from durabatch.core.committer import Committer  # noqa: E402
@@ -39,15 +39,7 @@ FSIZE = "import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (in
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    why = available()
-    if why is not None:
-        pytest.skip(f"no local Ray cluster here: {why}")
-    made = RayCluster(tmp_path_factory.mktemp("ray"), cpus_per_node=2, pythonpath=[str(TESTS)])
-    try:
-        made.start()
-        yield made
-    finally:
-        made.stop()
+    yield from module_cluster(tmp_path_factory.mktemp("ray"), [str(TESTS)])
 
 
 def write_input(folder: Path, n: int = N) -> Path:

@@ -18,7 +18,8 @@ from . import environment
 from .core import quarantine
 from .engines.lifeline import die_with_parent
 from .policies.stopping import STOP_SIGNALS
-from .store.ledger import ItemState, Ledger
+from .store.ledger import Ledger
+from .store.ranks import left_to_do
 from .store.rundir import RunDir
 
 EXIT_GAVE_UP = 70
@@ -51,19 +52,7 @@ def progress_mark(rd: RunDir) -> tuple | None:
 def unfinished(rd: RunDir) -> int | None:
     """Items the ledger does not count as finished (done, failed, quarantined or interrupted); None when it cannot
     say (no ledger, or a source of unknown length). A run's exit code 0 is believed only when this is 0."""
-    if not rd.ledger.exists():
-        return None
-    try:
-        ledger = Ledger.open_readonly(rd)
-    except Exception:  # noqa: BLE001 - a ledger killed while being created
-        return None
-    try:
-        total = ledger.get_meta("total")
-        finished = ledger.count_done() + sum(ledger.count_failures(state) for state in (
-            ItemState.FAILED, ItemState.QUARANTINED, ItemState.INTERRUPTED))
-    finally:
-        ledger.close()
-    return None if total is None else max(0, int(total) - finished)
+    return left_to_do(rd)
 
 
 def _stops_with(supervisor: int) -> Callable[[], None]:

@@ -143,3 +143,20 @@ def _wait(predicate, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.2)
+
+
+def module_cluster(folder: Path, pythonpath: list[str]):
+    """A test module's cluster (a pytest fixture's body: `yield from module_cluster(...)`): skipped with the reason
+    where no namespace can be made, stopped by pid at the end. Each module gets its own, because a test may kill
+    its second node."""
+    import pytest
+
+    why = available()
+    if why is not None:
+        pytest.skip(f"no local Ray cluster here: {why}")
+    made = RayCluster(folder, cpus_per_node=2, pythonpath=pythonpath)
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()
