@@ -106,9 +106,12 @@ class RayCluster:
     def alive_nodes(self) -> int:
         """How many nodes the cluster counts alive (asked from inside the namespace)."""
         code = "import ray; ray.init(logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
-        out = subprocess.run(self.command([sys.executable, "-c", code]), env=self.driver_env(), capture_output=True,
-                             text=True, timeout=120)
-        return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else -1
+        try:
+            out = subprocess.run(self.command([sys.executable, "-c", code]), env=self.driver_env(),
+                                 capture_output=True, text=True, timeout=120)
+            return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else -1
+        except (subprocess.TimeoutExpired, ValueError, IndexError):  # a slow or chatty start: ask again
+            return -1
 
     def _wait_nodes(self, count: int, timeout: float) -> None:
         _wait(lambda: self.alive_nodes() == count, timeout, f"{count} Ray node(s) alive (logs in {self.root})")
