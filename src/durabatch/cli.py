@@ -268,11 +268,10 @@ def verify_command(
     """Check every shard against the ledger: present, intact, row counts, positions, keys unique; name orphans
     and an unreadable ledger. Exit 0 healthy (or repaired), 1 problems found, 2 usage error (or --repair while
     a job runs)."""
-    from .store.verify import repair as do_repair
     from .store.verify import verify
 
     try:
-        report = do_repair(run_dir) if repair else verify(run_dir)
+        report = verify(run_dir, repair=repair)
     except (DurabatchError, OSError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(report.as_dict(), indent=2) if json_out else report.render())

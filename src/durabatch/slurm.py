@@ -6,7 +6,9 @@ Each array task runs `durabatch run JOB --rank $SLURM_ARRAY_TASK_ID --ranks N` i
 shell. Slurm sends USR1 to that shell `grace` seconds before the time limit (`--signal=B:USR1@grace`); the shell
 passes it on, durabatch stops warm (finish in flight, commit, exit 75), and the shell requeues only its own
 element (`scontrol requeue ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}`: requeueing $SLURM_JOB_ID would requeue
-every task of the array), which later resumes where it stopped."""
+every task of the array), which later resumes where it stopped. A rank that stops early every time (each run
+undone by the next time limit, or a function that always asks to stop) would requeue itself forever: after
+`max_requeues` restarts (Slurm's SLURM_RESTART_COUNT) the script stops requeueing and says how to go on."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from .store import ranks as rank_store
 
 SLURM_FOLDER = "slurm"
 SUBMIT_FILE = "submit.json"
+MAX_REQUEUES = 20  # default cap on a rank's own requeues (SLURM_RESTART_COUNT), per submission
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Submission:
     partition: str | None = None
     sbatch_args: list[str] = field(default_factory=list)
     grace: int = 120  # seconds before the time limit at which Slurm sends USR1
+    max_requeues: int = MAX_REQUEUES  # a rank requeues itself at most this many times per submission
     job_name: str = "durabatch"
     workdir: str = ""  # where the job runs (relative paths in the job file are read from here)
     python: str = ""  # the interpreter that submitted: the job runs `python -m durabatch` with it
@@ -95,7 +99,8 @@ def script_text(sub: Submission, n: int, indices: list[int]) -> str:
     run = " ".join(shlex.quote(c) for c in command) + f' --rank "$rank" --ranks {sub.ranks}'
     return _TEMPLATE.format(
         n=n, run_dir=sub.run_dir, ranks=sub.ranks, parallel=sub.parallel, grace=sub.grace,
-        directives="\n".join(f"#SBATCH {d}" for d in directives), run=run,
+        directives="\n".join(f"#SBATCH {d}" for d in directives), run=run, max_requeues=sub.max_requeues,
+        resubmit=shlex.join(["durabatch", "slurm", "resubmit", sub.run_dir]),
         when=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 
 
@@ -107,8 +112,8 @@ _TEMPLATE = """\
 #
 # {grace} s before the time limit Slurm sends USR1 to this shell; it is passed on to durabatch, which finishes what
 # is in flight, commits and exits 75. Then this shell requeues only its own array element, which resumes where
-# it stopped. Any other ending leaves the rank as it is: `durabatch slurm resubmit RUN_DIR` runs the ranks that
-# are not finished.
+# it stopped, at most {max_requeues} times (--max-requeues). Any other ending leaves the rank as it is:
+# `durabatch slurm resubmit RUN_DIR` runs the ranks that are not finished.
 {directives}
 
 rank=$SLURM_ARRAY_TASK_ID
@@ -134,10 +139,20 @@ fi
 echo "durabatch: $(date '+%F %T') rank $rank exited $code"
 
 # 75: stopped early and resumable. Requeue this element only (requeueing $SLURM_JOB_ID would requeue the whole
-# array), unless the job is being cancelled or killed at its limit.
+# array), unless the job is being cancelled or killed at its limit. At most {max_requeues} times: a rank that stops
+# early every time would otherwise requeue itself forever (Slurm counts its restarts in SLURM_RESTART_COUNT).
+max_requeues={max_requeues}
+restarts=${{SLURM_RESTART_COUNT:-0}}
 if [ "$code" = 75 ] && [ "$ended" = 0 ]; then
-    echo "durabatch: requeueing ${{SLURM_ARRAY_JOB_ID}}_$rank (warned=$warned)"
-    scontrol requeue "${{SLURM_ARRAY_JOB_ID}}_$rank"
+    if [ "$restarts" -lt "$max_requeues" ]; then
+        echo "durabatch: requeueing ${{SLURM_ARRAY_JOB_ID}}_$rank (warned=$warned," \\
+             "restart $((restarts + 1)) of at most $max_requeues)"
+        scontrol requeue "${{SLURM_ARRAY_JOB_ID}}_$rank"
+    else
+        echo "durabatch: rank $rank stopped early and is not requeued: it has been requeued $restarts times" \\
+             "(--max-requeues $max_requeues). Its ledger keeps what it did. See above why it stops early;" \\
+             "to continue:" {resubmit}
+    fi
 fi
 exit "$code"
 """
@@ -169,10 +184,13 @@ def submit(sub: Submission, indices: list[int]) -> tuple[str, Path]:
 
 
 def new_submission(job_file: str, run_dir: str, ranks: int, parallel: int | None, limit: str | None,
-                   partition: str | None, sbatch_args: list[str], grace: int, job_name: str | None) -> Submission:
+                   partition: str | None, sbatch_args: list[str], grace: int, job_name: str | None,
+                   max_requeues: int = MAX_REQUEUES) -> Submission:
     """Check what `slurm submit` was given; refuse a run directory already submitted or split otherwise."""
     if ranks < 1:
         raise ConfigError(f"--ranks {ranks}: need at least 1")
+    if max_requeues < 0:
+        raise ConfigError(f"--max-requeues {max_requeues}: need 0 or more (0: a rank never requeues itself)")
     if parallel is not None and parallel < 1:
         raise ConfigError(f"--parallel {parallel}: need at least 1 (how many ranks run at once)")
     if not Path(job_file).is_file():
@@ -190,7 +208,7 @@ def new_submission(job_file: str, run_dir: str, ranks: int, parallel: int | None
     return Submission(job_file=str(Path(job_file).resolve()), run_dir=str(run_path), ranks=ranks,
                       parallel=parallel or ranks, time_limit=limit, partition=partition, sbatch_args=list(sbatch_args),
                       grace=grace, job_name=job_name or f"durabatch-{run_path.name}", workdir=os.getcwd(),
-                      python=sys.executable)
+                      python=sys.executable, max_requeues=max_requeues)
 
 
 def to_resubmit(sub: Submission) -> tuple[list[int], list[int]]:

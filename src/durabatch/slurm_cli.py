@@ -50,6 +50,9 @@ def submit_command(
                               "time enough to finish what is in flight and commit (see --grace-seconds of run)."),
     job_name: Optional[str] = typer.Option(None, "--job-name", help="Slurm job name (default: "  # noqa: UP045
                                            "durabatch-<run dir name>)."),
+    max_requeues: int = typer.Option(slurm.MAX_REQUEUES, "--max-requeues", help="A rank that stopped early "
+                                     "requeues itself at most this many times (then it says so in its output and "
+                                     "`resubmit` goes on); 0: never."),
 ) -> None:
     """Write RUN_DIR/slurm/submit-1.sh (an sbatch array, one task per rank running `durabatch run --rank K
     --ranks N`) and submit it. Prints the Slurm job id and what to run next."""
@@ -58,7 +61,7 @@ def submit_command(
         if not run_dir:
             _fail(f"{job_file}: no run_dir: set run_dir in the job file or pass --run-dir")
         sub = slurm.new_submission(str(job_file), run_dir, ranks, parallel, time_limit, partition,
-                                   sbatch_args or [], grace, job_name)
+                                   sbatch_args or [], grace, job_name, max_requeues)
         job_id, script = slurm.submit(sub, list(range(ranks)))
     except DurabatchError as exc:
         _fail(str(exc))

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, option
 
 
 def resolve(ref: str) -> Any:
@@ -25,7 +25,8 @@ def resolve(ref: str) -> Any:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"fn '{ref}': cannot import module '{module_name}': {exc}") from None
+        raise ConfigError(f"fn '{ref}': cannot import module '{module_name}': {_next_step(module_name, attr, exc)}") \
+            from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -45,3 +46,22 @@ def _from_file(ref: str, path_text: str) -> str:
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))
     return path.stem
+
+
+def _next_step(module_name: str, attr: str, exc: ImportError) -> str:
+    """What the user can do: the module itself not found (where Python looked), one it imports not installed, or
+    an error inside its own imports."""
+    missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    top = module_name.split(".")[0]
+    if missing == top:
+        file = option("fn", f"path/to/{top}.py:{attr}")
+        return (f"Python finds no '{top}' in the current directory ({Path.cwd()}) nor on its path (PYTHONPATH, "
+                f"installed packages). Run from the directory that holds {top}.py (or the package folder {top}/), "
+                f"add that directory to PYTHONPATH, or name the file: {file}")
+    if missing is not None and (module_name + ".").startswith(missing + "."):
+        package, _, last = missing.rpartition(".")
+        return f"package '{package}' has no module '{last}' (check the name)"
+    if missing is not None:
+        return (f"it imports '{missing}', which is not installed for this Python ({sys.executable}): install it "
+                "there, or run durabatch with the Python that has it")
+    return f"{exc} (an import inside '{module_name}' fails: `python -c 'import {module_name}'` shows where)"

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import ConfigError, LedgerError
+from ..errors import ConfigError, LedgerError, command
 from ..sources.keys import all_distinct
 from . import orphans, ranks, shards
 from .export import _load
@@ -63,19 +63,24 @@ class Report:
         lines += [f"  {p.kind}: {p.file}: {p.detail}" for p in self.problems]
         lines += [f"  repaired: {r}" for r in self.repaired]
         lines += [f"  still wrong: {p.kind}: {p.file}: {p.detail}" for p in self.remaining or []]
+        repair = command("verify", self.run_dir, repair=True)  # as the caller writes it: CLI or Python
         if not self.ok:
-            lines.append(f"  run `durabatch verify {self.run_dir} --repair` to put the affected items back to pending"
-                         if self.remaining is None else "  not repaired: move the shard file you do not trust out "
-                         f"of shards/ and run `durabatch verify {self.run_dir} --repair` again to redo its items")
+            lines.append(f"  run `{repair}` to put the affected items back to pending" if self.remaining is None
+                         else "  not repaired: move the shard file you do not trust out of shards/ and run "
+                         f"`{repair}` again to redo its items")
         elif self.repaired:
-            lines.append("  ok after repair: run the job's command again to redo the items put back to pending")
+            lines.append("  ok after repair: run the job again to redo the items put back to pending")
         else:
             lines.append("  ok: every listed shard is present, intact and matches the ledger")
         return "\n".join(lines)
 
 
-def verify(run_dir: str | Path) -> Report:
-    """Read-only, so safe while a job runs (unlisted files may then be commits in progress: not judged)."""
+def verify(run_dir: str | Path, *, repair: bool = False) -> Report:
+    """Check every shard against the ledger: read-only, so safe while a job runs (unlisted files may then be
+    commits in progress: not judged). repair=True (the CLI's --repair) also fixes what it finds: see
+    `repair_run`."""
+    if repair:
+        return repair_run(run_dir)
     if ranks.ranks_of(run_dir):
         return _ranked(run_dir, verify)
     rd = _run_dir(run_dir)
@@ -84,11 +89,11 @@ def verify(run_dir: str | Path) -> Report:
     return report
 
 
-def repair(run_dir: str | Path) -> Report:
+def repair_run(run_dir: str | Path) -> Report:
     """Check and fix under the run lock: refused (RunLockedError naming the pid) while a job runs, and no job can
     start in the middle of a repair."""
     if ranks.ranks_of(run_dir):
-        return _ranked(run_dir, repair)
+        return _ranked(run_dir, repair_run)
     rd = _run_dir(run_dir)
     with run_lock(rd):
         report = Report(str(rd.path))
@@ -185,7 +190,8 @@ def _check(rd: RunDir, report: Report, own_lock: bool) -> None:
     for path in files:
         if path.name not in names:
             what = "a partly written shard" if path.name.startswith(shards.TMP_PREFIX) else \
-                "a shard whose commit never happened or was lost; adopted if it is a complete shard of this job"
+                "a shard whose commit never happened or was lost; adopted if it is a complete shard of this job " \
+                "whose field types agree with the ledger's"
             report.problems.append(Problem("orphan", str(path), f"not listed in the ledger: {what} "
                                            "(left by an interrupted commit)"))
 
@@ -284,7 +290,8 @@ def _unlist_and_clean(rd: RunDir, report: Report) -> None:
     for name in settled.adopted if settled else []:
         report.repaired.append(f"{name}: listed again (a complete shard of this job whose ledger commit was lost)")
     for name in settled.removed if settled else []:
-        report.repaired.append(f"{name}: removed (never committed)")
+        report.repaired.append(f"{name}: removed (its field types conflict with the ledger's: its items run again)"
+                               if name in settled.conflicting else f"{name}: removed (never committed)")
 
 
 def _rebuild_ledger(rd: RunDir, report: Report) -> None:
