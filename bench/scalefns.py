@@ -27,3 +27,10 @@ def trivial(record: dict) -> dict:
 def bulky(record: dict, kb: int = 64) -> dict:
     """`kb` KB of incompressible bytes per item: what the driver moves when outputs are heavy."""
     return {"blob": random.randbytes(kb * 1024)}
+
+
+def digest(record: dict) -> dict:
+    """A heavy input row's summary (its blob must have been read whole): no other work."""
+    import hashlib
+
+    return {"sha": hashlib.sha256(record["blob"]).hexdigest()[:16]}

@@ -19,6 +19,11 @@ needs root or user namespaces), then runs every arm once per round, interleaved,
   batches' shards, the driver only lists them). ray_trivial_actors: the trivial arm with `--ray-shards actors`,
   the cost of that variant when items are light. `--shards-only` runs only these four arms. These arms also
   report the driver's own CPU time (getrusage of the waited-for driver process), per MB or per item.
+- in_driver / in_actors: heavy inputs (`--heavy-in` rows of `--in-kb` KB in a Parquet file; `scalefns:digest`
+  hashes each row's blob) on 2 Ray workers, the records read by the driver and sent to the actors, or read by
+  the actors themselves (`--ray-reads actors`: the driver reads the key column only). Reported: MB/s of input
+  (steady and end to end), the driver's CPU ms per MB of input and the bytes it read (rchar of /proc/self/io,
+  as it exits). `--inputs-only` runs only these two arms.
 
 Reported: the median over the rounds, with the spread (min-max)."""
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import resource
 import shutil
 import sqlite3
@@ -43,6 +49,37 @@ from ray_cluster import RayCluster, available  # noqa: E402
 
 def cli(*args: object) -> list[str]:
     return [sys.executable, "-m", "durabatch", "run", *map(str, args), "--progress", "off"]
+
+
+# The CLI in a driver that prints its own bytes read (rchar) as it exits.
+READS = "import atexit, runpy, sys; atexit.register(lambda: sys.stderr.write('\\nRCHAR ' + [l for l in " \
+        "open('/proc/self/io') if l.startswith('rchar')][0].split()[1] + '\\n')); sys.argv = ['durabatch', " \
+        "*sys.argv[1:]]; runpy.run_module('durabatch', run_name='__main__', alter_sys=True)"
+
+
+def heavy_input(path: Path, n: int, kb: int) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    blobs = [random.Random(i).randbytes(kb * 1024) for i in range(n)]
+    pq.write_table(pa.table({"id": list(range(n)), "blob": blobs}), path, row_group_size=16, compression="none")
+    return path
+
+
+def heavy_in_arm(cluster: RayCluster, work: Path, data: Path, n: int, actors: bool) -> tuple[float, ...]:
+    """(steady items/s, end-to-end items/s, driver CPU s, driver bytes read)"""
+    run = ["run", "--input", data, "--fn", "scalefns:digest", "--key", "id", "--run-dir", work / "run",
+           "--engine", "ray", "--workers", 2, "--commit-every", 64, "--progress", "off",
+           *(("--ray-reads", "actors") if actors else ())]
+    t0, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(cluster.command([sys.executable, "-c", READS, *map(str, run)]), env=cluster.driver_env(),
+                          check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rchar = int([line for line in done.stderr.splitlines() if line.startswith("RCHAR ")][-1].split()[1])
+    rate = steady_rate(work / "run")
+    shutil.rmtree(work / "run")
+    return rate, n / seconds, after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime, rchar
 
 
 def write_input(path: Path, n: int) -> Path:
@@ -120,6 +157,9 @@ def main() -> None:
     parser.add_argument("--kb", type=int, default=64, help="output KB per bulky item")
     parser.add_argument("--skip-ranks", action="store_true", help="without the --rank/--ranks arms")
     parser.add_argument("--shards-only", action="store_true", help="only the driver/actors shard arms")
+    parser.add_argument("--heavy-in", type=int, default=1200, help="heavy input rows (0: no heavy-input arms)")
+    parser.add_argument("--in-kb", type=int, default=256, help="KB per heavy input row")
+    parser.add_argument("--inputs-only", action="store_true", help="only the heavy-input arms")
     args = parser.parse_args()
     why = available()
     if why:
@@ -129,10 +169,13 @@ def main() -> None:
     trivial = write_input(root / "trivial.jsonl", args.trivial)
     bulky = write_input(root / "bulky.jsonl", args.bulky)
     cluster = RayCluster(root / "cluster", cpus_per_node=2, pythonpath=[str(BENCH)])
+    if args.inputs_only:
+        args.shards_only, args.trivial, args.bulky = True, 0, 0
+    heavy = heavy_input(root / "heavy.parquet", args.heavy_in, args.in_kb) if args.heavy_in else None
     arms = [] if args.shards_only else ["ray1", "ray2"] + ([] if args.skip_ranks else ["rank1", "rank2"])
     spans: dict[str, list[float]] = {a: [] for a in arms}
     rates: dict[str, list[tuple[float, float, float]]] = {"ray": [], "processes": [], "bulky": [], "bulky_actors": [],
-                                                   "ray_actors": []}
+                                                   "ray_actors": [], "in_driver": [], "in_actors": []}
     cluster.start()
     try:
         for r in range(args.rounds):
@@ -149,6 +192,9 @@ def main() -> None:
                 rates[arm].append(trivial_arm(cluster, Path(tempfile.mkdtemp(dir=root)), bulky, "ray", args.bulky,
                                               "scalefns:bulky", commit_every=200,
                                               extra=(*SHARDS[arm.endswith("actors")], "--param", f"kb={args.kb}")))
+            for arm in ("in_driver", "in_actors")[::1 if r % 2 == 0 else -1] if heavy else ():
+                rates[arm].append(heavy_in_arm(cluster, Path(tempfile.mkdtemp(dir=root)), heavy, args.heavy_in,
+                                               arm == "in_actors"))
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     finally:
         cluster.stop()
@@ -176,6 +222,23 @@ def report(spans: dict[str, list[float]], rates: dict[str, list[tuple[float, flo
                   f"{spread(cpu, '{:.1f}')} |")
         ratio = [a[0] / d[0] for a, d in zip(rates["bulky_actors"], rates["bulky"], strict=True)]
         print(f"\nactors / driver, steady: {spread(ratio, '{:.2f}')}")
+    if rates["in_driver"]:
+        print_inputs(rates, args)
+
+
+def print_inputs(rates: dict[str, list[tuple[float, ...]]], args) -> None:
+    mb = args.heavy_in * args.in_kb / 1024
+    print(f"\nheavy inputs ({args.in_kb} KB per row, {args.heavy_in:,} rows, {mb:.0f} MB Parquet), 2 Ray workers\n")
+    print("| records read by | MB/s steady | MB/s end to end | driver CPU ms per MB | driver MB read |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for arm, who in (("in_driver", "the driver"), ("in_actors", "the actors (--ray-reads actors)")):
+        values = rates[arm]
+        print(f"| {who} | {spread([v[0] * args.in_kb / 1024 for v in values], '{:.0f}')} | "
+              f"{spread([v[1] * args.in_kb / 1024 for v in values], '{:.0f}')} | "
+              f"{spread([v[2] / mb * 1000 for v in values], '{:.1f}')} | "
+              f"{spread([v[3] / 2**20 for v in values], '{:.0f}')} |")
+    ratio = [a[0] / d[0] for a, d in zip(rates["in_actors"], rates["in_driver"], strict=True)]
+    print(f"\nactors read / driver reads, steady: {spread(ratio, '{:.2f}')}")
 
 
 def print_trivial(rates: dict[str, list[tuple[float, float, float]]], args) -> None:

@@ -16,3 +16,16 @@ def int_then_text(record: dict, seconds: float = 0.0) -> dict:
     """Field "v" is a number for ids below 30, text from 30 on: one type per field, the rest fail."""
     time.sleep(seconds)
     return {"v": record["id"] if record["id"] < 30 else f"id-{record['id']}"}
+
+
+def digest(record: dict, seconds: float = 0.0) -> dict:
+    """A heavy input's summary: its blob's length and hash (the record must have been read whole)."""
+    import hashlib
+
+    time.sleep(seconds)
+    return {"n": len(record["blob"]), "sha": hashlib.sha256(record["blob"]).hexdigest()[:16]}
+
+
+def text_length(record: dict, seconds: float = 0.0) -> dict:
+    time.sleep(seconds)
+    return {"chars": len(record["text"])}

@@ -1,14 +1,17 @@
-"""`--ray-shards actors` on a real two-node Ray cluster (tests/cluster/ray_cluster.py): each actor writes its
-batches' shards into the run directory and the driver only lists them in its ledger transaction.
+"""Heavy items on a real two-node Ray cluster (tests/cluster/ray_cluster.py): `--ray-shards actors` (each actor
+writes its batches' shards into the run directory and the driver only lists them in its ledger transaction) and
+`--ray-reads actors` (the driver reads only the key column; each actor reads its batches' records itself).
 
 The evidence that the actors wrote the shards: the driver runs under RLIMIT_FSIZE (no file it writes may pass
 LIMIT bytes), and shards larger than LIMIT exist; with the shards written by the driver, the same run fails.
 Results equal the inline engine's; one type per result field holds across actors; the driver SIGKILLed and rerun
-gives every item exactly once (the shards it never listed are adopted or removed) and `verify` is healthy."""
+gives every item exactly once (the shards it never listed are adopted or removed) and `verify` is healthy.
+The evidence that the actors read the records: the bytes the driver read (its rchar), with and without."""
 
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -175,3 +178,114 @@ def test_a_shard_whose_types_conflict_is_deleted_and_its_items_run_again(tmp_pat
     assert (stats.done, stats.failed) == (1, 1)
     assert ledger.done_spans() == [(2, 3)]
     assert ledger_query(rd.path, "SELECT pos, error_type FROM failures") == [(3, "ResultTypeError")]
+
+
+# -- ray_reads "actors": the driver reads the keys only, each actor its batches' records -------------------------
+# The evidence: the driver's own count of bytes read (rchar in /proc/self/io, printed as it exits), with the
+# records read by the actors versus by the driver, on a Parquet input of heavy rows.
+READS = "import atexit, runpy, sys; atexit.register(lambda: sys.stderr.write('\\nRCHAR ' + [l for l in " \
+        "open('/proc/self/io') if l.startswith('rchar')][0].split()[1] + '\\n')); sys.argv = ['durabatch', " \
+        "*sys.argv[1:]]; runpy.run_module('durabatch', run_name='__main__', alter_sys=True)"
+HEAVY_ROWS, BLOB = 160, 256 * 1024  # 40 MB: well above what the driver reads anyway (~50 MB of imports, logs)
+
+
+def bytes_read(cluster: RayCluster, *args: object) -> tuple[subprocess.CompletedProcess, int]:
+    done = subprocess.run(cluster.command([sys.executable, "-c", READS, *map(str, args)]), env=cluster.driver_env(),
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("RCHAR ")]
+    assert lines, done.stderr
+    return done, int(lines[-1].split()[1])
+
+
+def heavy_parquet(folder: Path) -> Path:
+    import pyarrow.parquet as pq
+
+    path = folder / "heavy.parquet"
+    blobs = [random.Random(i).randbytes(BLOB) for i in range(HEAVY_ROWS)]
+    pq.write_table(pa.table({"id": list(range(HEAVY_ROWS)), "blob": blobs}), path, row_group_size=8,
+                   compression="none")
+    return path
+
+
+@pytest.mark.slow
+def test_actors_read_their_records_and_the_driver_reads_only_the_keys(cluster, tmp_path):
+    data = heavy_parquet(tmp_path)
+    size = data.stat().st_size
+    ray = ["--engine", "ray", "--workers", 2, "--param", "seconds=0.01"]
+    actors, read_by_actors = bytes_read(cluster, *run_args(data, tmp_path / "actors", "rayheavyfns:digest", *ray,
+                                                           "--ray-reads", "actors", "--ray-shards", "actors"))
+    assert actors.returncode == 0, actors.stderr
+    driver, read_by_driver = bytes_read(cluster, *run_args(data, tmp_path / "driver", "rayheavyfns:digest", *ray))
+    assert driver.returncode == 0, driver.stderr
+    # The driver reading the records reads the file; reading the keys, it reads a small part of it.
+    assert read_by_driver - read_by_actors > 0.8 * size, (read_by_driver, read_by_actors, size)
+    inline = subprocess.run(cli_command(*run_args(data, tmp_path / "inline", "rayheavyfns:digest")),
+                            env=cluster.env(), capture_output=True, text=True, timeout=300)
+    assert inline.returncode == 0, inline.stderr
+    expected = by_id(read_export(tmp_path / "inline", tmp_path))
+    assert len(expected) == HEAVY_ROWS and expected[5]["n"] == BLOB
+    assert by_id(read_export(tmp_path / "actors", tmp_path)) == expected
+    healthy(tmp_path / "actors", tmp_path)
+
+
+@pytest.mark.slow
+def test_actor_reads_keep_bad_rows_named_and_stop_on_an_input_changed_mid_run(cluster, tmp_path):
+    n, bad = 200, 57
+    lines = [json.dumps({"id": i, "text": "x" * i}) for i in range(n)]
+    lines[bad] = '{"id": 57, "text": "cut off'  # malformed: named by its line, recorded as a failure
+    data = tmp_path / "data.jsonl"
+    original = "\n".join(lines) + "\n"
+    data.write_text(original)
+    run_dir = tmp_path / "run"
+    args = run_args(data, run_dir, "rayheavyfns:text_length", "--param", "seconds=0.05", "--engine", "ray",
+                    "--workers", 2, "--ray-reads", "actors", "--skip-bad-rows", "--commit-every", 10)
+    driver = subprocess.Popen(cluster.command(cli_command(*args)), env=cluster.driver_env(),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: committed_rows(run_dir) > 0 or driver.poll() is not None, timeout=180,
+                   what="a first commit")
+        assert committed_rows(run_dir) < n - 1, "the run ended before the input could change under it"
+        with data.open("a") as f:  # the input changes under the run: the actors refuse to read it
+            f.write(json.dumps({"id": n, "text": "late"}) + "\n")
+        _, err = driver.communicate(timeout=180)
+    finally:
+        driver.kill()
+    assert driver.returncode == 2, err
+    assert "data.jsonl" in err and "changed" in err, err
+    kept = committed_rows(run_dir)
+    assert 0 < kept < n - 1
+    data.write_text(original)  # restored: the same job resumes
+    rerun = subprocess.run(cluster.command(cli_command(*args)), env=cluster.driver_env(), capture_output=True,
+                           text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert rerun.returncode == 1, rerun.stderr  # done, with one failure: the bad row
+    assert sorted(row["id"] for row in read_export(run_dir, tmp_path).to_pylist()) == \
+        [i for i in range(n) if i != bad]
+    failures = ledger_query(run_dir, "SELECT pos, error_type, message FROM failures")
+    assert [(pos, kind) for pos, kind, _ in failures] == [(bad, "BadRow")]
+    assert f"data.jsonl line {bad + 1}" in failures[0][2]
+
+
+@pytest.mark.slow
+def test_a_node_killed_while_actors_read_and_write_loses_nothing_and_quarantines_nothing(cluster, tmp_path):
+    # Last in this file: the cluster has one node left afterwards.
+    data = write_input(tmp_path)
+    evidence = tmp_path / "evidence"
+    evidence.mkdir()
+    run_dir = tmp_path / "run"
+    args = run_args(data, run_dir, "rayfns:digest", "--engine", "ray", "--workers", 2, "--param", "seconds=0.02",
+                    "--param", f"evidence={evidence}", "--ray-reads", "actors", "--ray-shards", "actors")
+    driver = subprocess.Popen(cluster.command(cli_command(*args)), env=cluster.driver_env(),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: any(evidence.glob("second.*")) or driver.poll() is not None, timeout=180,
+                   what="items running on the second node")
+        assert driver.poll() is None, driver.stderr.read()
+        cluster.kill_node("second")
+        _, err = driver.communicate(timeout=240)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, err
+    assert sorted(row["id"] for row in read_export(run_dir, tmp_path).to_pylist()) == list(range(N))
+    assert ledger_query(run_dir, "SELECT count(*) FROM failures")[0][0] == 0  # nothing failed or quarantined
+    assert "a Ray actor was lost with its node" in (run_dir / "logs" / "run.log").read_text()
+    healthy(run_dir, tmp_path)

@@ -31,6 +31,9 @@ from .policies.memory import MemoryWatch
 from .policies.retry import RetryPolicy, full_jitter, make_retryable
 from .policies.stopping import wall_deadline
 from .sources import Source, open_source
+from .sources.files import FileSource
+from .sources.keys_only import KeysOnly
+from .sources.row_reader import RowReader
 from .store import ranks
 from .store.ledger import ItemState, Ledger
 from .store.rundir import RunDir, move_aside, run_lock
@@ -123,6 +126,7 @@ def make_job(target: Any, source: Source, s: JobSettings, rd: RunDir, observers:
     if s.ray_shards == "actors" and (engine_name != "ray" or fanin is not None):
         raise ConfigError(f"{option('ray_shards', 'actors')} needs {option('engine', 'ray')} and no "
                           f"{option('split', None)} (fan-out results are combined by this process)")
+    source, reader = _actor_reads(s, source, engine_name, fanin)
     check_params(target, s.params, s.batch_size is not None)
     fp = fingerprint(target, s, source.identity())
     if fanin is not None:
@@ -135,7 +139,8 @@ def make_job(target: Any, source: Source, s: JobSettings, rd: RunDir, observers:
         engine=make_engine(engine_name, workers, s.item_timeout, parse_size(s.max_worker_memory), s.concurrency,
                            limits, devices=devices, runner_visible=_runner_visible(devices), ray_options={
                                "address": s.ray_address, "cpus_per_worker": s.cpus_per_worker,
-                               "gpus_per_worker": s.gpus_per_worker, "shards": s.ray_shards}),
+                               "gpus_per_worker": s.gpus_per_worker, "shards": s.ray_shards,
+                               **({"reader": reader, "key": s.key} if reader is not None else {})}),
         keys=Keys(s.key, s.dedupe, s.skip_bad_rows),
         selection=Selection(s.start or 0, s.end, s.limit, ranked=s.ranks is not None),
         batching=Batching(s.batch_size, s.batch_format == "columns", adaptive=not s.at_most_once),
@@ -182,6 +187,24 @@ def _count_share(s: JobSettings, source: Source) -> tuple[int, int]:
 def _runner_visible(devices: list[str]) -> str | None:
     """The runner's own CUDA_VISIBLE_DEVICES, put back after each GPU worker starts with its own."""
     return environment.variables().get("CUDA_VISIBLE_DEVICES") if devices else None
+
+
+def _actor_reads(s: JobSettings, source: Source, engine_name: str,
+                 fanin: FanIn | None) -> tuple[Source, RowReader | None]:
+    """ray_reads "actors": this process reads only the key column (KeysOnly) and each actor reads its records."""
+    if s.ray_reads != "actors":
+        return source, None
+    wanted = option("ray_reads", "actors")
+    if engine_name != "ray" or fanin is not None:
+        raise ConfigError(f"{wanted} needs {option('engine', 'ray')} and no {option('split', None)} (fan-out "
+                          "splits each record in this process)")
+    if s.key is None:
+        raise ConfigError(f"{wanted} needs {option('key', 'COLUMN')}: this process reads only the keys (with no "
+                          "key column, an item's key is a hash of its whole record)")
+    if not isinstance(source, FileSource):
+        raise ConfigError(f"{wanted} needs input files (JSONL or Parquet) every node can read; "
+                          f"{source.describe()} lives in this process")
+    return KeysOnly(source, s.key), RowReader.for_source(source, columnar=s.batch_format == "columns")
 
 
 def _gpu_devices(s: JobSettings) -> list[str]:

@@ -6,7 +6,8 @@
     ├── ChangedJobError            resume refused: the job's fingerprint differs (carries the diff)
     ├── RunLockedError             another process holds the run directory (carries its pid)
     ├── LedgerError                the ledger or a shard is unreadable or inconsistent
-    └── DiskFullError              no space left for a shard or the ledger; resumable once space is freed
+    ├── DiskFullError              no space left for a shard or the ledger; resumable once space is freed
+    └── StorageError               a worker (a Ray actor) could not write its shard to the run directory
 
 Beside the tree, the vocabulary every layer shares: `ExitCode` (the one place exit codes are defined),
 `ErrorKind` (the error types durabatch itself records for an item) and `ItemError` (why one item failed), and
@@ -48,6 +49,8 @@ class ErrorKind(StrEnum):
     INTERRUPTED = "Interrupted"  # at-most-once: the call may have happened; never re-called by itself
     QUARANTINED = "Quarantined"  # killed its worker or the runner K times running alone
     BAD_ROW = "BadRow"  # an input row that cannot be read or has no key
+    INPUT = "InputError"  # the input cannot be read as it was planned (changed during the run): the run stops
+    STORAGE = "StorageError"  # a worker could not write to the run directory (Ray actors' shards): the run stops
     BATCH_LENGTH = "BatchLengthError"  # a batch function returned the wrong number or shape of results
     UNSTORABLE = "UnstorableResult"  # a result durabatch cannot store as it is (an object, a generator, a set)
     PROCESS_EXIT = "ProcessExit"  # the function tried to end the process (os._exit)
@@ -82,6 +85,10 @@ class LedgerError(DurabatchError):
 
 
 class DiskFullError(DurabatchError):
+    pass
+
+
+class StorageError(DurabatchError):
     pass
 
 

@@ -61,6 +61,11 @@ class JobSettings(BaseModel):
         "process, which writes them. actors: each actor writes its batch's shard into the run directory (which "
         "must be on storage every node shares) and this process only lists it: for heavy results, where the "
         "driver's bytes are the limit (see docs/benchmarks.md).")
+    ray_reads: Literal["driver", "actors"] = Field(
+        "driver", description="ray engine: who reads the input's records. driver: this process reads them and "
+        "sends them to the actors. actors: this process reads only the --key column and sends positions; each "
+        "actor reads its batches' records from the input files itself (JSONL or Parquet on storage every node "
+        "shares): for heavy items, where the driver's bytes are the limit (see docs/benchmarks.md).")
     rank: int | None = Field(None, ge=0, description="This process's share of the input, 0-based, with --ranks: "
                              "any launcher (Slurm arrays, torchrun, k8s indexed jobs) runs ranks 0..N-1 at once.")
     ranks: int | None = Field(None, ge=1, description="Split the input into N contiguous ranges, each with its "
@@ -194,7 +199,8 @@ HELP_SECTIONS: dict[str, tuple[str, ...]] = {
     "Input": ("input", "key", "start", "end", "limit", "dedupe", "skip_bad_rows"),
     "Function": ("fn", "params", "batch_size", "batch_format", "split", "combine", "cleanup_every"),
     "Engine": ("engine", "workers", "concurrency", "batch_api", "parse", "batch_requests", "batch_poll"),
-    "Scale-out": ("gpus", "ray_address", "cpus_per_worker", "gpus_per_worker", "ray_shards", "rank", "ranks"),
+    "Scale-out": ("gpus", "ray_address", "cpus_per_worker", "gpus_per_worker", "ray_shards", "ray_reads", "rank",
+                  "ranks"),
     "Limits and budgets": ("rpm", "tpm", "tokens_per_item", "limits", "limit_by", "price_input", "price_output",
                            "currency", "max_tokens", "max_cost", "item_timeout", "max_worker_memory", "max_memory",
                            "max_gpu_memory"),

@@ -22,11 +22,12 @@ import time
 from dataclasses import dataclass, field
 
 from .. import intervals
-from ..errors import ErrorKind
+from ..errors import ErrorKind, command
 from ..store.ledger import Failure, ItemState, Ledger
 from ..store.rundir import RunDir
 from .journal import unfinished
 from .outcomes import INTERRUPTED
+from .spec import Safety
 
 CAPS = "suspect_caps"  # ledger meta: {position: largest group}, for suspects whose group killed a runner
 SPLIT = 1  # the cap of a dead group's members: alone
@@ -112,3 +113,20 @@ def record_death(rd: RunDir, cause: str) -> None:
     """Called by the supervisor after an abnormal exit: the next run quotes it when it quarantines an item."""
     rd.logs.mkdir(parents=True, exist_ok=True)
     rd.last_death.write_text(json.dumps({"cause": cause, "at": time.time()}))
+
+
+def after_last_run(safety: Safety, ledger: Ledger, rd: RunDir,
+                   run_id: int) -> tuple[set[int], list[str], dict[int, int]]:
+    """What the last run's death left: suspects to run in groups, their caps, and notes for
+    the user (or, at most once, the interrupted items, never called again by themselves)."""
+    if safety.at_most_once:
+        lost = interrupted(ledger, rd, run_id)
+        listing = command("export", rd.path, failed=True, to="failed.jsonl")
+        return set(), [f"{len(lost)} item(s) were interrupted mid-call by the last run's end and will not be "
+                       f"called again (at-most-once); see `{listing}`"] if lost else [], {}
+    found = review(ledger, rd, safety.quarantine_after, run_id)
+    notes = [f"quarantined {f.key!r} (position {f.pos}): {f.message}" for f in found.quarantined]
+    if found.suspects:
+        notes.append(f"{len(found.suspects)} item(s) were in flight when the last run died: running them in "
+                     "a group with nothing else in flight (if it kills the runner, they run one at a time)")
+    return found.suspects, notes, found.caps

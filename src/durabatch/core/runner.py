@@ -11,12 +11,12 @@ from typing import Any
 
 from ..engines.base import Batch, BatchResult, Engine
 from ..engines.user_fn import cleanup
-from ..errors import DurabatchError, ErrorKind, ExitCode, InputError, command, option
+from ..errors import DurabatchError, ErrorKind, ExitCode, InputError, option
 from ..policies.memory import MemoryWatch
 from ..policies.stopping import STOP_SIGNALS, StopFlag
 from ..store.ledger import Failure, ItemState, Ledger
 from ..store.rundir import RunDir
-from . import quarantine, watchdog, written
+from . import actor_reads, quarantine, watchdog, written
 from .committer import Committer, Pending
 from .dispatch import BATCH_SECONDS, Dispatch
 from .events import Observers, Stats
@@ -63,6 +63,9 @@ class Run:
         self._commit_after_group = False
         self._caps: dict[int, int] = {}
         self._flying: dict[int, Batch] = {}  # submitted, not yet collected (an inline call may never return)
+        # Workers that read records or write shards themselves (Ray actors): their I/O errors are sorted out here.
+        self._worker_io = getattr(job.engine, "reader", None) is not None or getattr(job.engine, "writes_shards", False)
+        self._worker_error: DurabatchError | None = None  # an unreadable input or unwritable run directory: stop
 
     # -- the whole run -----------------------------------------------------------------------------------------
     def execute(self) -> RunSummary:
@@ -83,7 +86,7 @@ class Run:
         messages = check_fingerprint(self.ledger, job.fingerprint, job.safety.allow_changed)
         self.rd.write_job({"settings": job.description, "fingerprint": job.fingerprint})
         run_id = self.ledger.start_run()
-        suspects, notes, self._caps = _review(job, self.ledger, self.rd, run_id)
+        suspects, notes, self._caps = quarantine.after_last_run(job.safety, self.ledger, self.rd, run_id)
         plan = self.plan = make_plan(self.ledger, self.rd, job.source, job.keys, job.selection)
         self.stats = Stats(total=plan.total, already_done=plan.already_done + plan.already_failed,
                            source=job.source.describe(), run_dir=str(self.rd.path),
@@ -156,6 +159,8 @@ class Run:
             # was not committed (abandoned on a cold stop, or a failed final commit) must be reported next time.
             self.journal.close(clean=not job.safety.at_most_once or (not cancel and error is None))
             self._drain_commits()
+            for message in written.settle_leftovers(engine, self.rd, self.ledger):
+                self.observers.on_message(message)
         stopped = self.stop.reason if self.stop.requested and error is None else None
         return stopped, error
 
@@ -198,6 +203,8 @@ class Run:
                 self._notify(engine, t0)
             if self.committer.error is not None:
                 raise self.committer.error
+            if self._worker_error is not None:
+                raise self._worker_error
             if self.deadline and time.time() + self._deadline_margin() >= self.deadline[0]:
                 self.stop.request("deadline")
             budget = self._over_budget()
@@ -263,6 +270,11 @@ class Run:
         if result.written is not None:  # the worker wrote the batch's shard: listed now; its errors go on below
             result = written.record(self.committer, result, self.stats, self.failfast)
             batch = result.batch
+        if self._worker_io:  # rows a worker could not read are this run's bad rows
+            result, bad, stop = actor_reads.sort_out(result, self.job.keys.skip_bad_rows)
+            batch, self._worker_error = result.batch, self._worker_error or stop
+            self.pending.failures.extend(bad)
+            self.stats.failed += len(bad)
         if result.note:
             self.observers.on_message(result.note)
         if batch.solo:
@@ -380,18 +392,3 @@ def _memory_over(memory: MemoryWatch | None, observers: Observers) -> bool:
         if memory.over:
             cleanup()
     return memory.over
-
-
-def _review(job: Job, ledger: Ledger, rd: RunDir, run_id: int) -> tuple[set[int], list[str], dict[int, int]]:
-    """What the last run's death left: suspects to run in groups (or, at most once, interrupted items)."""
-    if job.safety.at_most_once:
-        lost = quarantine.interrupted(ledger, rd, run_id)
-        listing = command("export", rd.path, failed=True, to="failed.jsonl")
-        return set(), [f"{len(lost)} item(s) were interrupted mid-call by the last run's end and will not be "
-                       f"called again (at-most-once); see `{listing}`"] if lost else [], {}
-    review = quarantine.review(ledger, rd, job.safety.quarantine_after, run_id)
-    notes = [f"quarantined {f.key!r} (position {f.pos}): {f.message}" for f in review.quarantined]
-    if review.suspects:
-        notes.append(f"{len(review.suspects)} item(s) were in flight when the last run died: running them in "
-                     "a group with nothing else in flight (if it kills the runner, they run one at a time)")
-    return review.suspects, notes, review.caps

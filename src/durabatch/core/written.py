@@ -8,13 +8,12 @@ deleted before anything lists it (else the orphan rules would adopt it) and its 
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..columns import FieldTypes
-from ..engines.base import Batch, BatchResult, Engine
+from ..engines.base import BatchResult, Engine
 from ..errors import ErrorKind, ItemError
+from ..store import orphans
 from ..store.actor_shards import ShardWriter
-from ..store.ledger import Failure
+from ..store.ledger import Failure, Ledger
 from ..store.rundir import RunDir
 from .committer import Committer, Pending
 from .events import Stats
@@ -55,13 +54,23 @@ def record(committer: Committer, result: BatchResult, stats: Stats, failfast: Fa
     stats.done, stats.failed = stats.done + len(done), stats.failed + len(failures)
     if done:
         failfast.succeeded()
-    return _only(result, sorted(result.errors))
+    return result.only(sorted(result.errors))
 
 
-def _only(result: BatchResult, rows: list[int]) -> BatchResult:
-    batch = result.batch
-    records: Any = [batch.records[i] for i in rows]
-    part = Batch(batch.id, [batch.positions[i] for i in rows], [batch.keys[i] for i in rows], records,
-                 batch.attempt, batch.solo)
-    return BatchResult(part, [None] * len(rows), {j: result.errors[i] for j, i in enumerate(rows)},
-                       result.seconds, result.note)
+def settle_leftovers(engine: Engine, rd: RunDir, ledger: Ledger) -> list[str]:
+    """After the run, its actors gone: shards that actors wrote but never reported (an actor lost with its node
+    after writing, before replying) are settled now, not left for the next run: removed when their batch ran again
+    (a copy), adopted when it did not."""
+    if not getattr(engine, "writes_shards", False):
+        return []
+    settled = orphans.settle(rd, ledger)
+    copies, notes = len(settled.removed) - len(settled.conflicting), []
+    if copies:
+        notes.append(f"removed {copies} shard(s) written by actors lost before they replied (their batches ran "
+                     "again)")
+    if settled.conflicting:
+        notes.append(f"removed {len(settled.conflicting)} shard(s) of lost actors whose field types conflict (their "
+                     "items run next time)")
+    if settled.adopted:
+        notes.append(f"kept {len(settled.adopted)} shard(s) written by actors lost before they replied")
+    return notes

@@ -34,6 +34,15 @@ class BatchResult:
     written: Any = None  # (ShardRecord | None, {index: why its result's type was refused}, field types) when the
     # worker wrote the batch's shard itself (Ray, ray_shards "actors"): outputs are then all None
 
+    def only(self, rows: list[int]) -> BatchResult:
+        """This result for some of its batch's rows (indexes), in that order."""
+        b = self.batch
+        part = Batch(b.id, [b.positions[i] for i in rows], [b.keys[i] for i in rows], [b.records[i] for i in rows],
+                     b.attempt, b.solo)
+        index = {i: j for j, i in enumerate(rows)}
+        return BatchResult(part, [self.outputs[i] for i in rows],
+                           {index[i]: e for i, e in self.errors.items() if i in index}, self.seconds, self.note)
+
 
 def drain(done: queue.Queue, timeout: float) -> list[BatchResult]:
     """Everything finished: waiting up to `timeout` for the first result, then taking whatever else is there."""

@@ -9,6 +9,10 @@ names its batch (`pins_deaths`). Ray's errors tell two deaths apart:
 - the actor was lost with its node (the node died or was drained, the actor is unreachable): `WorkerLost`, not the
   items' fault, so they go back to the retry queue in normal batches and nothing is pinned on them.
 
+Heavy items: with a `reader` (ray_reads "actors") an actor is sent positions and keys and reads the records
+itself (sources/row_reader.py); with `shards="actors"` it writes its batch's shard itself (store/actor_shards.py).
+What it could not read or write comes back as the items' errors of kinds the core sorts out (core/actor_reads.py).
+
 Batches aim at `BATCH_SECONDS` of work (a remote call costs a few ms, not the microseconds of a local queue).
 Ray is imported only when this engine starts: the core does not need it."""
 
@@ -23,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..columns import ArrowRecords
 from ..errors import ConfigError, ErrorKind, ItemError
 from .base import Batch, BatchResult
 from .user_fn import Work
@@ -44,8 +49,9 @@ class BatchActor:
     only durabatch installed). A failed setup() is kept and reported by ready(), not raised in the constructor:
     the driver then shows the function's own error."""
 
-    def __init__(self, work_bytes: bytes, item_timeout: float | None):
+    def __init__(self, work_bytes: bytes, item_timeout: float | None, reader: Any = None, key: str | None = None):
         self.item_timeout = item_timeout
+        self.reader, self.key = reader, key  # ray_reads "actors": a sources.row_reader.RowReader, the key column
         self.setup_error: ItemError | None = None
         try:
             self.work: Work = pickle.loads(work_bytes)
@@ -59,28 +65,46 @@ class BatchActor:
 
         return self.setup_error, ray.get_runtime_context().get_node_id(), f"{socket.gethostname()}:{os.getpid()}"
 
-    def run(self, records: list) -> tuple[Any, dict[int, ItemError], float, str | None]:
+    def run(self, records: Any, positions: list[int] | None = None,
+            keys: list | None = None) -> tuple[Any, dict[int, ItemError], float, str | None]:
+        """The batch's results and errors. With a reader, `records` is None: the actor reads them at `positions`."""
         t0 = time.perf_counter()
+        unread: dict[int, ItemError] = {}
+        if self.reader is not None:
+            records, unread = read_records(self.reader, self.key, positions or [], keys or [])
         try:
-            outputs, errors = self.work.execute(records, self.item_timeout)
+            if unread:  # the function runs the rows that were read; the others keep their read error
+                rows = [i for i in range(len(records)) if i not in unread]
+                outputs, errors = [None] * len(records), dict(unread)
+                done, failed = self.work.execute([records[i] for i in rows], self.item_timeout)
+                for j, i in enumerate(rows):
+                    outputs[i] = done[j]
+                errors.update({rows[j]: error for j, error in failed.items()})
+            else:
+                outputs, errors = self.work.execute(records, self.item_timeout)
         except BaseException as exc:  # noqa: BLE001 - every item's error, not the actor's end
             error = ItemError.from_exception(exc)
-            outputs, errors = [None] * len(records), dict.fromkeys(range(len(records)), error)
+            outputs, errors = [None] * len(records), {**dict.fromkeys(range(len(records)), error), **unread}
         return outputs, errors, time.perf_counter() - t0, self.work.take_note()
 
-    def run_and_write(self, records: list, positions: list[int], keys: list, writer: Callable,
+    def run_and_write(self, records: Any, positions: list[int], keys: list, writer: Callable,
                       types: str | None) -> tuple[None, dict[int, ItemError], float, str | None, tuple]:
         """ray_shards "actors": the batch's results go into a shard this actor writes (`writer`:
         store.actor_shards.ShardWriter, given by the core); only the shard's record and the errors go back."""
-        outputs, errors, seconds, note = self.run(records)
-        ok = [i for i in range(len(records)) if i not in errors]
+        outputs, errors, seconds, note = self.run(records, positions, keys)
+        ok = [i for i in range(len(positions)) if i not in errors]
         written: tuple = (None, {}, types)
         if ok:
-            pieces = [outputs] if len(ok) == len(records) else [[outputs[i] for i in ok]]
+            pieces = [outputs] if len(ok) == len(positions) else [[outputs[i] for i in ok]]
             try:
                 shard, refused, fixed = writer([positions[i] for i in ok], [keys[i] for i in ok], pieces, types)
                 written = (shard, {ok[i]: why for i, why in refused.items()}, fixed)
-            except BaseException as exc:  # noqa: BLE001 - e.g. shared storage full: the items' error, retried
+            except OSError as exc:  # storage full, read-only, not shared with this node: not the items' fault
+                errors.update(dict.fromkeys(ok, ItemError(ErrorKind.STORAGE, f"a Ray actor on {socket.gethostname()}"
+                                                          f" could not write its shard: {exc}. --ray-shards actors "
+                                                          "needs the run directory on storage every node can write",
+                                                          "")))
+            except Exception as exc:  # noqa: BLE001 - a result the shard cannot hold: the items' error, retried
                 errors.update(dict.fromkeys(ok, ItemError.from_exception(exc)))
         return None, errors, seconds, note, written
 
@@ -110,13 +134,15 @@ class RayEngine:
     field_types: Callable[[], str] | None = None
 
     def __init__(self, workers: int, address: str | None = None, cpus_per_worker: float | None = None,
-                 gpus_per_worker: float | None = None, item_timeout: float | None = None, shards: str = "driver"):
+                 gpus_per_worker: float | None = None, item_timeout: float | None = None, shards: str = "driver",
+                 reader: Any = None, key: str | None = None):
         self.slots = workers
         self.address = address
         self.cpus = 1.0 if cpus_per_worker is None else cpus_per_worker
         self.gpus = gpus_per_worker or 0.0
         self.item_timeout = item_timeout
         self.writes_shards = shards == "actors"  # each actor writes its batches' shards (heavy results)
+        self.reader, self.key = reader, key  # ray_reads "actors": each actor reads its batches' records (heavy items)
         self._pool: list[_Slot] = []
         self._owns_ray = False
 
@@ -159,7 +185,7 @@ class RayEngine:
         options: dict[str, Any] = {"num_cpus": self.cpus, "scheduling_strategy": "SPREAD"}
         if self.gpus:
             options["num_gpus"] = self.gpus
-        handle = self._actor.options(**options).remote(self._work_ref, self.item_timeout)
+        handle = self._actor.options(**options).remote(self._work_ref, self.item_timeout, self.reader, self.key)
         return _Slot(handle, handle.ready.remote())
 
     def _await_ready(self, slot: _Slot, timeout: float | None = None, starting: bool = True) -> None:
@@ -180,11 +206,15 @@ class RayEngine:
     def submit(self, batch: Batch) -> None:
         slot = next(s for s in self._pool if s.batch is None)
         slot.batch, slot.started = batch, time.monotonic()
-        # A plain list crosses to the actor (ArrowRecords too: it pickles as its Arrow table).
+        # A plain list crosses to the actor (ArrowRecords too: it pickles as its Arrow table); with a reader, only
+        # positions and keys do (the batch's records hold only its keys).
+        records = None if self.reader is not None else batch.records
         if self.writes_shards:
             assert self.shard_writer is not None and self.field_types is not None
-            slot.ref = slot.handle.run_and_write.remote(batch.records, batch.positions, batch.keys,
+            slot.ref = slot.handle.run_and_write.remote(records, batch.positions, batch.keys,
                                                         self.shard_writer, self.field_types())
+        elif self.reader is not None:
+            slot.ref = slot.handle.run.remote(None, batch.positions, batch.keys)
         else:
             slot.ref = slot.handle.run.remote(batch.records)
 
@@ -296,6 +326,34 @@ class RayEngine:
                 ray.kill(slot.handle, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
+
+
+def read_records(reader: Any, key: str | None, positions: list[int], keys: list) -> tuple[Any, dict[int, ItemError]]:
+    """ray_reads "actors": the records at `positions`, read by this actor, and the errors of those it could not
+    use: a bad row (BadRow, named by file and line) or a key other than the one the driver read (the input changed
+    under the run: an InputError, which stops the run). An unreadable input fails every item with InputError."""
+    from ..sources import BadRow
+
+    try:
+        records = reader.read(positions)
+    except Exception as exc:  # noqa: BLE001 - e.g. a file changed or gone: the driver stops the run
+        where = f" (on {socket.gethostname()}: --ray-reads actors needs the input files on storage every node can " \
+            "read)" if isinstance(exc, OSError) else ""
+        error = ItemError(ErrorKind.INPUT, f"{exc}{where}", "")
+        return [None] * len(positions), dict.fromkeys(range(len(positions)), error)
+    errors: dict[int, ItemError] = {}
+    if type(records) is ArrowRecords:  # every row read by Arrow: no bad row, and the keys compared in one column
+        rows = enumerate(zip(records.table.column(key).to_pylist(), keys, strict=True))
+    else:
+        for i, record in enumerate(records):
+            if type(record) is BadRow:
+                errors[i] = ItemError(ErrorKind.BAD_ROW, f"{record.where}: {record.message}", "")
+        rows = ((i, (r.get(key), k)) for i, (r, k) in enumerate(zip(records, keys, strict=True)) if i not in errors)
+    for i, (value, expected) in rows:
+        if value != expected:
+            errors[i] = ItemError(ErrorKind.INPUT, f"position {positions[i]}: the record read has {key}={value!r} "
+                                  f"where the key pass read {expected!r}: the input changed during the run", "")
+    return records, errors
 
 
 def _detail(exc: BaseException) -> str:

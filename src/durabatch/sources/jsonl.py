@@ -23,29 +23,38 @@ BLOCK = 1 << 18  # bytes parsed at a time: ~10k short records, ~3 MB of Python o
 GIVE_UP = 3  # blocks Arrow could not read faithfully before the rest of the file goes the Python way
 DEEP = 3000  # a line with more opening brackets than this is never given to Arrow's JSON parser (whose
 # recursion overflows the C stack, a segfault, somewhere past 5,000 levels); Python names it as a bad row
+Mark = tuple[int, int, int]  # a bookmark at a block boundary: (byte offset, position, line number) there
 
 
 def jsonl_blocks(path: str, pos: int, wanted: Callable[[int], bool], end: int | None, bad: Callable[[str, str], Any],
-                 block_size: int = BLOCK, columnar: bool = False) -> Generator[Block, None, int | None]:
+                 block_size: int = BLOCK, columnar: bool = False, start: Mark | None = None,
+                 marks: list[Mark] | None = None) -> Generator[Block, None, int | None]:
     """Yields blocks of (positions, line numbers, records or bad(where, message)) for the wanted non-blank lines
     of `path`, positions from `pos`; returns the position after the file's last (where the next file starts),
-    or None when `end` was reached. columnar=True: the records of a block Arrow read are ArrowRecords."""
+    or None when `end` was reached. columnar=True: the records of a block Arrow read are ArrowRecords.
+    start: a bookmark (offset, position, line number) to begin at instead of the file's start (`pos` is then
+    its position). marks: the bookmark after each whole block is appended to it (a later read's `start`)."""
     misses = 0
-    lineno = 0
+    offset, lineno = 0, 0
+    if start is not None:
+        offset, pos, lineno = start
     skip = first_wanted(wanted)
     ahead = pos  # in the reader thread: where its next block starts at most (lines, blank ones included)
 
     def parse(block: bytes, lines: int) -> pa.Table | bool | None:
         nonlocal ahead
-        start, ahead = ahead, ahead + lines
-        if start + lines <= skip and block.startswith(b"{") and block.count(b"\n{") == lines - 1:
+        first, ahead = ahead, ahead + lines
+        if first + lines <= skip and block.startswith(b"{") and block.count(b"\n{") == lines - 1:
             return SKIPPED  # wholly before the wanted range (a rank's start): counted, not parsed
         return arrow_table(block, lines) if misses < GIVE_UP else None
 
-    for block, lines, table in _read_ahead(path, block_size, parse):
+    for block, lines, table in read_ahead(path, block_size, parse, offset):
+        offset += len(block)  # where the next block starts: a bookmark once this block is wholly read
         if table is SKIPPED:
             pos += lines
             lineno += lines
+            if marks is not None:
+                marks.append((offset, pos, lineno))
             continue
         if table is not None:  # Arrow read one record per line: positions and line numbers follow
             stop = lines if end is None else max(0, min(lines, end - pos))
@@ -58,6 +67,8 @@ def jsonl_blocks(path: str, pos: int, wanted: Callable[[int], bool], end: int | 
             else:
                 records = _records(table, picks)
             if records is not None:
+                if marks is not None and stop == lines:  # before the yield: a reader done with it has the mark
+                    marks.append((offset, pos + lines, lineno + lines))
                 if records:
                     numbers = list(range(lineno + 1, lineno + lines + 1)) if picks is None else \
                         [lineno + 1 + i for i in picks]
@@ -83,6 +94,8 @@ def jsonl_blocks(path: str, pos: int, wanted: Callable[[int], bool], end: int | 
                 numbers.append(lineno)
                 records.append(_parse(line, f"{path} line {lineno}", bad))
             pos += 1
+        if marks is not None:
+            marks.append((offset, pos, lineno))
         if positions:
             yield positions, numbers, records
     return pos
@@ -119,10 +132,10 @@ def line_blocks(f: BinaryIO, size: int = BLOCK) -> Iterator[bytes]:
         tail = chunk[cut + 1:]
 
 
-def _read_ahead(path: str, block_size: int, parse: Callable[[bytes, int], Any],
-                depth: int = 2) -> Iterator[tuple[bytes, int, Any]]:
-    """(block, its line count, parse(block, lines)), read and parsed a few blocks ahead in a thread: Arrow parses
-    without the GIL, so parsing overlaps with the run's Python work."""
+def read_ahead(path: str, block_size: int, parse: Callable[[bytes, int], Any], offset: int = 0,
+               depth: int = 2) -> Iterator[tuple[bytes, int, Any]]:
+    """(block, its line count, parse(block, lines)), read from byte `offset` (a line start) and parsed a few
+    blocks ahead in a thread: Arrow parses without the GIL, so parsing overlaps with the run's Python work."""
     out: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -138,6 +151,7 @@ def _read_ahead(path: str, block_size: int, parse: Callable[[bytes, int], Any],
     def produce() -> None:
         try:
             with open(path, "rb") as f:
+                f.seek(offset)
                 for block in line_blocks(f, block_size):
                     lines = block.count(b"\n") + (not block.endswith(b"\n"))
                     if not put((block, lines, parse(block, lines))):
