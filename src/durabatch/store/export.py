@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..errors import DiskFullError, DurabatchError, LedgerError
+from ..errors import DiskFullError, DurabatchError, LedgerError, command, run_again
 from . import ranks
 from .ledger import Ledger
 from .rundir import RunDir, fsync_path
@@ -207,8 +207,9 @@ def _load(rd: RunDir, shard: dict) -> pa.Table:
 
 def _refuse(rd: RunDir, shard: dict, detail: str) -> LedgerError:
     detail = " ".join(detail.split())
-    return LedgerError(f"{rd.shards / shard['name']}: {detail}; export refused, nothing written. Run `durabatch "
-                       f"verify {rd.path} --repair` to put its items back to pending, then run the job again")
+    return LedgerError(f"{rd.shards / shard['name']}: {detail}; export refused, nothing written. Run "
+                       f"`{command('verify', rd.path, repair=True)}` to put its items back to pending, then "
+                       f"{run_again()}")
 
 
 def _schema(rd: RunDir, shard: dict) -> pa.Schema:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import intervals
-from ..errors import LedgerError
+from ..errors import LedgerError, command
 from .rundir import RunDir, fsync_path
 
 SCHEMA = """
@@ -99,8 +99,9 @@ class Ledger:
             conn.close()
             if _read_only(path):
                 raise LedgerError(f"{path}: cannot write the ledger ({_reason(exc, path)})") from None
-            raise LedgerError(f"{path}: the ledger is unreadable ({exc}); run `durabatch verify` "
-                              "or move the run directory aside") from None
+            raise LedgerError(f"{path}: the ledger is unreadable ({exc}); run "
+                              f"`{command('verify', run_dir.path, repair=True)}` to rebuild it from the shards, or "
+                              "move the run directory aside") from None
         return cls(conn, path)
 
     @classmethod
