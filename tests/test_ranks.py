@@ -103,21 +103,27 @@ def test_ranks_cover_the_selection_and_a_plain_run_on_a_ranked_directory_is_refu
         durabatch.run("jobs:digest", str(data), key="id", run_dir=str(run_dir), progress="off")
 
 
-def test_a_finished_rank_resumes_without_counting_the_input(tmp_path, records_file, monkeypatch):
+def test_the_input_is_counted_once_for_all_ranks_and_again_when_it_changes(tmp_path, records_file, monkeypatch):
     from durabatch.sources.files import FileSource
 
     data = records_file(100)
-    args = {"key": "id", "run_dir": str(tmp_path / "run"), "rank": 1, "ranks": 2, "limit": 80, "progress": "off"}
-    assert durabatch.run("jobs:digest", str(data), **args).done == 40
+    args = {"key": "id", "run_dir": str(tmp_path / "run"), "ranks": 2, "limit": 80, "progress": "off"}
+    assert durabatch.run("jobs:digest", str(data), rank=1, **args).done == 40  # counts, and keeps the count
 
     def no_count(self):
         raise AssertionError("the input was counted again")
 
     monkeypatch.setattr(FileSource, "count", no_count)
-    again = durabatch.run("jobs:digest", str(data), **args)
+    again = durabatch.run("jobs:digest", str(data), rank=1, **args)  # a resume: its recorded range
     assert (again.exit_code, again.done, again.already_done) == (0, 0, 40)
-    with pytest.raises(AssertionError, match="counted again"):  # another selection: another range, counted
-        durabatch.run("jobs:digest", str(data), **{**args, "limit": 60})
+    first = durabatch.run("jobs:digest", str(data), rank=0, **args)  # a fresh rank: the kept count
+    assert (first.exit_code, first.done) == (0, 40)
+    with data.open("a") as f:  # another input: counted again
+        f.write(json.dumps({"id": 100, "text": "new"}) + "\n")
+    with pytest.raises(AssertionError, match="counted again"):
+        durabatch.run("jobs:digest", str(data), rank=0, **args)
+    kept = json.loads((tmp_path / "run" / ranks.COUNT_FILE).read_text())
+    assert kept["count"] == 100
 
 
 def test_a_key_in_two_ranks_is_refused_at_export_naming_both(tmp_path):

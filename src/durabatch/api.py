@@ -168,12 +168,13 @@ def _own_share(s: JobSettings, source: Source) -> tuple[JobSettings, RunDir]:
     rd = ranks.rank_dir(s.run_dir or "", s.rank, s.ranks)
     selection = [s.start, s.end, s.limit]
     # A resume of the same selection of the same input reuses the recorded range: no count of the input's rows.
-    share = ranks.recorded_range(rd, selection, source.identity()) or _count_share(s, source)
+    identity = source.identity()
+    share = ranks.recorded_range(rd, selection, identity) or _count_share(s, source, identity)
     return s.model_copy(update={"start": share[0], "end": share[1], "limit": None}), rd
 
 
-def _count_share(s: JobSettings, source: Source) -> tuple[int, int]:
-    count = source.count()
+def _count_share(s: JobSettings, source: Source, identity: dict) -> tuple[int, int]:
+    count = ranks.shared_count(s.run_dir or "", identity, source.count)
     if count is None:
         raise ConfigError(f"--ranks needs an input of known length; {source.describe()} has none (a generator?): "
                           "pass a file or a list")

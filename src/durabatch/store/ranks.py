@@ -26,6 +26,7 @@ from .rundir import RunDir
 
 RANKS_FILE = "ranks.json"
 RANKS_FOLDER = "ranks"
+COUNT_FILE = "input_count.json"  # the input's row count, counted once for all ranks
 
 
 def check_rank(rank: int | None, ranks: int | None) -> None:
@@ -88,6 +89,25 @@ def claim_ranks(run_dir: str | os.PathLike, ranks: int) -> None:
     if recorded != ranks:
         raise ConfigError(f"{path} is split into {recorded} ranks (ranks.json); this process was started with "
                           f"--ranks {ranks}. Use --ranks {recorded}, or another run directory")
+
+
+def shared_count(run_dir: str | os.PathLike, identity: dict, count: Callable[[], int | None]) -> int | None:
+    """The input's row count (to cut the ranges), counted by the first rank that needs it and kept in
+    RUN_DIR/input_count.json for the others: 64 ranks of a 100 GB JSON lines file count its lines once, not 64
+    times. Kept with the input's identity (names, sizes, sampled hash): a changed input is counted again."""
+    path = _path(run_dir) / COUNT_FILE
+    try:
+        kept = json.loads(path.read_text())
+        if kept["source"] == identity:
+            return int(kept["count"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    counted = count()
+    if counted is not None:
+        tmp = path.with_name(f".{COUNT_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"source": identity, "count": counted}) + "\n")
+        os.replace(tmp, path)  # ranks counting at once write the same
+    return counted
 
 
 def refuse_unranked(run_dir: str | os.PathLike) -> None:
