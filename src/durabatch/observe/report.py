@@ -79,7 +79,7 @@ def _collect_map(rd: RunDir) -> dict[str, Any]:
     return {
         "kind": "map", "state": run_state(pid, remaining, runs[-1] if runs else {}), "pid": pid,
         "start": t0, "api": api, "failures_by_type": by_type, "runs": _runs(runs, times, rows, pid),
-        "api_series": api_charts.series(api_history, t0),
+        "api_series": api_charts.series(api_history, t0), "api_history": api_history,
         "failed_items": failed_items, "job": read_job(rd), "resources": resources(rd, t0),
         "totals": {"total": total, "done": done, **counts, "remaining": remaining, "shards": len(shards),
                    "bytes": sum(s["bytes"] for s in shards)},
@@ -260,6 +260,8 @@ def _map_body(data: dict[str, Any]) -> str:
         over_time("items done (cumulative)", s["cumulative"]["t"], s["cumulative"]["done"], "items"),
         over_time("throughput per interval (items/s)", s["rate"]["t"], s["rate"]["items_per_s"], "items/s"),
         "<h2>Resources</h2>",
+        *(['<p class="meta">All ranks: RAM and GPU memory of the highest rank at each time, CPU of every '
+            "rank's runner added up.</p>"] if data.get("ranks") else []),
         *([over_time("RAM, runner and workers (MB)", res["t"], res["ram_mb"], "MB"),
            over_time("CPU, runner process (% of one core)", res["t"], res["cpu_pct"], "%"),
            over_time("GPU memory (MB)", res["t"], res["gpu_mb"], "MB")] if res["t"] else
