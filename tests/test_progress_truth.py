@@ -132,12 +132,17 @@ def test_status_says_died_after_kill_9_and_stopped_after_a_warm_stop(tmp_path):
     args = [sys.executable, "-m", "durabatch", "run", "-i", data, "--key", "id", "--fn", "gatedfn:f",
             "--run-dir", tmp_path / "r", "--commit-every", "10", "--progress", "off", "--grace-seconds", "1"]
 
-    def started_and_committed(proc):
-        wait_until(lambda: committed_rows(tmp_path / "r") > 0 and durabatch.status(tmp_path / "r")["pid"] == proc.pid,
-                   timeout=300, what="a first commit by the new run")
+    def started_and_committed(proc, runs):
+        # The run log's start line comes after the stop handlers are installed (the lock is taken before them:
+        # a SIGTERM in between would end the process the default way, with -15).
+        def started() -> bool:
+            log = tmp_path / "r" / "logs" / "run.log"
+            return log.exists() and log.read_text().count(" start: ") == runs
+        wait_until(lambda: committed_rows(tmp_path / "r") > 0 and durabatch.status(tmp_path / "r")["pid"] == proc.pid
+                   and started(), timeout=300, what="a first commit by the new run")
 
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
-    started_and_committed(proc)
+    started_and_committed(proc, 1)
     proc.kill()  # SIGKILL: no end recorded
     proc.wait(timeout=60)
     info = durabatch.status(tmp_path / "r")
@@ -147,7 +152,7 @@ def test_status_says_died_after_kill_9_and_stopped_after_a_warm_stop(tmp_path):
     assert "state:     died (not running" in text and "last seen" in text and "stopped" not in text
 
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
-    started_and_committed(proc)
+    started_and_committed(proc, 2)
     proc.send_signal(signal.SIGTERM)  # a warm stop records its end
     assert proc.wait(timeout=120) == 75
     assert durabatch.status(tmp_path / "r")["state"] == "stopped"

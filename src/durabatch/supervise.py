@@ -6,13 +6,18 @@ Exit codes pass through (0, 1, 2, 75); giving up on a crash loop or after --rest
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import psutil
 
 from . import environment
 from .core import quarantine
@@ -60,6 +65,29 @@ def _stops_with(supervisor: int) -> Callable[[], None]:
     return lambda: die_with_parent(supervisor, signal.SIGTERM)
 
 
+def _mark_restart(rd: RunDir, attempt: int, at: float, last_exit: str) -> None:
+    """While the run waits for its restart no process holds the run lock: this marker tells `durabatch status`
+    (observe/status.py) that the supervisor is there and when it starts the next attempt. Its own start time goes
+    with its pid, so that a reader can tell this process from a later one given the same pid."""
+    me = psutil.Process()
+    marker = {"pid": me.pid, "created": me.create_time(), "attempt": attempt, "next_attempt_at": at,
+              "last_exit": last_exit}
+    tmp = rd.restart_marker.with_suffix(".tmp")
+    with contextlib.suppress(OSError):  # a full disk costs status its "restarting", never the restart itself
+        tmp.write_text(json.dumps(marker))
+        tmp.replace(rd.restart_marker)  # a reader never sees half of it; no fsync: it means nothing after a reboot
+
+
+def _unmark_restart(rd: RunDir) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        rd.restart_marker.unlink()
+
+
+def _wait(seconds: float, wake: int) -> None:
+    """Sleep, unless a stop signal comes: its handler writes to `wake` (time.sleep would sleep on after it)."""
+    select.select([wake], [], [], seconds)
+
+
 class _Log:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,9 +109,13 @@ def supervise(run_args: Sequence[str], run_dir: str, max_restarts: int | None = 
     command = [sys.executable, "-m", "durabatch", "run", *run_args]
     forwarded: list[int] = []
     child: subprocess.Popen | None = None
+    wake_read, wake_write = os.pipe()  # a stop signal between attempts ends the wait at once
+    os.set_blocking(wake_write, False)
 
     def forward(signum: int, frame: object) -> None:
         forwarded.append(signum)
+        with contextlib.suppress(BlockingIOError):
+            os.write(wake_write, b"!")
         if child is not None and child.poll() is None:
             child.send_signal(signum)
 
@@ -96,6 +128,7 @@ def supervise(run_args: Sequence[str], run_dir: str, max_restarts: int | None = 
                                      preexec_fn=_stops_with(os.getpid()))
             log(f"attempt {restarts + 1}: started pid {child.pid}")
             code = child.wait()
+            _unmark_restart(rd)  # the attempt it announced has ended; a new marker if there is a next one
             log(f"attempt {restarts + 1}: pid {child.pid} {describe_exit(code)}")
             # Judged by the ledger, not the exit code: a function that ends the process can exit 0 mid-job.
             left = unfinished(rd) if code == 0 else None
@@ -116,11 +149,15 @@ def supervise(run_args: Sequence[str], run_dir: str, max_restarts: int | None = 
                 log(f"giving up after {restarts} restart(s) (--restarts {max_restarts})")
                 return EXIT_GAVE_UP
             wait = delay if progressed else min(wait * 2, 60.0)
+            _mark_restart(rd, restarts + 2, time.time() + wait, describe_exit(code))
             log(f"restarting in {wait:.1f}s ({'progress made' if progressed else f'no progress x{stalls}'})")
-            time.sleep(wait)
+            _wait(wait, wake_read)
             restarts += 1
         log(f"stopped by {signal.Signals(forwarded[0]).name} between attempts")
         return 75
     finally:
+        _unmark_restart(rd)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        os.close(wake_read)
+        os.close(wake_write)

@@ -269,7 +269,8 @@ class Checkpointer:
     def begin(self, start: int, total: int | None) -> None:
         """A session from step `start` towards `total`: the step log's session line, the progress line's clock."""
         self.total = total
-        self.steps.start(start)
+        self.steps.start(start, total)
+        self.steps.flush()  # the session line now, one append: `status` shows the total before the first checkpoint
         self.progress.start(start)
 
     def end(self) -> None:

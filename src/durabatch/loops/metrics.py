@@ -10,8 +10,10 @@ the file stays small whatever the speed.
 JSON lines, not SQLite: appending a line is the whole write path (no lock, no journal, nothing a kill -9 can
 leave half-done but the last line), readers (status, report, the dashboard) open it read-only while it grows and
 skip a torn last line, and it reads like metrics.jsonl beside it. Each session (process start) writes a first
-line {"session": time, "start_step": step}: a reader drops the rows of earlier sessions past that step (the
-steps a killed session ran beyond its last checkpoint are run again, and the curve shows the run that counts)."""
+line {"session": time, "start_step": step, "total": steps}: a reader drops the rows of earlier sessions past that
+step (the steps a killed session ran beyond its last checkpoint are run again, and the curve shows the run that
+counts); `status` reads the total there before the first checkpoint stores it (the line is "total"-less when the
+loop did not say)."""
 
 from __future__ import annotations
 
@@ -48,12 +50,12 @@ class StepLog:
         self.last: dict[str, Any] | None = None  # the latest row: the progress line shows it
         self._owner = os.getpid()  # a forked child (a DataLoader worker) must not write its copy of the buffer
 
-    def start(self, step: int) -> None:
-        """A new session from `step`."""
+    def start(self, step: int, total: int | None = None) -> None:
+        """A new session from `step` (towards `total`, when known)."""
         if self._started is None:  # a loop of the user's own (no range()) that ends normally loses nothing
             atexit.register(self.flush)
         self._started = now = self.clock()
-        self._lines.append(json.dumps({"session": now, "start_step": step}))
+        self._lines.append(json.dumps({"session": now, "start_step": step, **({"total": total} if total else {})}))
         self._next_row, self._next_flush = now, now + FLUSH_SECONDS
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -115,6 +117,21 @@ def read_steps(directory: Path) -> list[dict[str, Any]]:
             elif isinstance(row.get("step"), int) and isinstance(row.get("metrics"), dict):
                 rows.append({**row, "session": session})
     return rows
+
+
+def session_total(directory: Path) -> int | None:
+    """The total the latest session said it runs to (its first line); None when it did not say, or no file."""
+    try:
+        data = (Path(directory) / STEPS).read_bytes()
+    except OSError:
+        return None
+    at = data.rfind(b'\n{"session"') + 1  # the start of a line, not a metric of that name
+    if at == 0 and not data.startswith(b'{"session"'):
+        return None
+    with contextlib.suppress(ValueError):
+        total = json.loads(data[at:].split(b"\n", 1)[0]).get("total")
+        return total if isinstance(total, int) else None
+    return None
 
 
 def last_step_row(directory: Path, tail_bytes: int = 65536) -> dict[str, Any] | None:

@@ -40,8 +40,7 @@ def ranked_status(run_dir: str | os.PathLike, one_status: Any) -> dict[str, Any]
     rates = [i["rate_per_s"] for i in infos if i.get("rate_per_s") and i["state"] == "running"]
     rate = sum(rates) if rates else None
     states = {r["state"] for r in per_rank}
-    state = ("running" if "running" in states else "finished" if not unfinished
-             else "died" if "died" in states else "stopped")
+    state = _merged_state(states, unfinished)
     merged.update({
         "run_dir": str(run_dir), "kind": "ranks", "ranks": per_rank, "unfinished_ranks": unfinished,
         "state": state, "pid": None, "rate_window": next((i["rate_window"] for i in infos if i.get("rate_window")),
@@ -108,8 +107,7 @@ def ranked_report(run_dir: str | os.PathLike, collect_one: Any) -> dict[str, Any
         cumulative.append(done)
     series = {**first["series"], "restarts": [], "rate": _rate([t for t, _ in at], [n for _, n in at], t0),
               "cumulative": {"t": [t - t0 for t, _ in at] if t0 else [], "at": [t for t, _ in at], "done": cumulative}}
-    state = ("running" if "running" in states else "finished" if not unfinished
-             else "died" if "died" in states else "stopped")
+    state = _merged_state(states, unfinished)
     history = _merged_history([d.get("api_history") for _, d in datas])
     return {**first, "run_dir": str(run_dir), "state": state,
             "totals": totals, "runs": runs, "series": series, "pid": None, "start": t0,
@@ -126,6 +124,15 @@ def _commits(data: dict[str, Any]) -> list[tuple[float, int]]:
     cumulative = data["series"]["cumulative"]
     done = [0, *cumulative["done"]]
     return [(t, done[i + 1] - done[i]) for i, t in enumerate(cumulative["at"])]
+
+
+def _merged_state(states: Any, unfinished: list[int]) -> str:
+    """The job's state from its ranks': running if one runs, else restarting if a supervisor restarts one, else
+    finished when none is unfinished, else died if one died, else stopped."""
+    for state in ("running", "restarting"):
+        if state in states:
+            return state
+    return "finished" if not unfinished else "died" if "died" in states else "stopped"
 
 
 def _summed_api(apis: list[dict[str, Any] | None]) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ from ..store.rundir import RunDir, lock_holder
 from . import api_charts, format_duration
 from .charts import chart, nice, time_axis
 from .loop_report import collect_loop
-from .status import run_state
+from .status import run_state, waiting_supervisor
 
 RATE_BUCKETS = 40  # items/s over about this many equal intervals: per-commit rates are too noisy to read
 STATES = {s.value: "pending_retry" if s is ItemState.PENDING else s.value for s in ItemState}  # as `status` says
@@ -77,7 +77,7 @@ def _collect_map(rd: RunDir) -> dict[str, Any]:
     t0 = min(starts) if starts else None
     times, rows = [s["committed_at"] for s in shards], [s["rows"] for s in shards]
     return {
-        "kind": "map", "state": run_state(pid, remaining, runs[-1] if runs else {}), "pid": pid,
+        "kind": "map", "state": run_state(pid, remaining, runs[-1] if runs else {}, waiting_supervisor(rd)), "pid": pid,
         "start": t0, "api": api, "failures_by_type": by_type, "runs": _runs(runs, times, rows, pid),
         "api_series": api_charts.series(api_history, t0), "api_history": api_history,
         "failed_items": failed_items, "job": read_job(rd), "resources": resources(rd, t0),

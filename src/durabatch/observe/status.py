@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..loops.metrics import last_step_row
+import psutil
+
+from ..loops.metrics import last_step_row, session_total
 from ..loops.writer_process import METRICS, STEPS, checkpoint_dir, complete_checkpoints
 from ..store import batch_chunks
 from ..store.ledger import ItemState, Ledger
@@ -29,7 +31,9 @@ def loop_status(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     kept = sorted(p.name for p in reversed(complete_checkpoints(directory)))
     latest, logged = records[-1] if records else None, last_step_row(directory)
     step = max((r["step"] for r in (latest, logged) if r), default=0)
-    return {"run_dir": str(run_dir), "kind": "loop", "step": step, "total": (latest or {}).get("total"),
+    total = session_total(directory)  # said when the session started: known before its first checkpoint
+    total = (latest or {}).get("total") if total is None else total
+    return {"run_dir": str(run_dir), "kind": "loop", "step": step, "total": total,
             "checkpoints": kept, "latest": latest, "logged": logged, "history": records[-20:]}
 
 
@@ -75,12 +79,14 @@ def status(run_dir: str | os.PathLike) -> dict[str, Any]:
         ledger.close()
     rate = _items_rate(commits, last, fetch_from, now)
     remaining = None if total is None else max(0, total - done - failed - quarantined - interrupted)
-    state = run_state(pid, remaining, last)
+    supervisor = None if pid else waiting_supervisor(rd)
+    state = run_state(pid, remaining, last, supervisor)
     return {
         "run_dir": str(rd.path),
         "state": state,
-        "last_seen_at": now if state == "died" else None,
+        "last_seen_at": now if state in ("died", "restarting") else None,
         "pid": pid,
+        "supervisor": supervisor,  # restarting: the supervisor's pid, the next attempt, when, how the last ended
         "total": total,
         "done": done,
         "failed": failed,
@@ -102,14 +108,35 @@ def status(run_dir: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def run_state(pid: int | None, remaining: int | None, last_run: dict[str, Any]) -> str:
-    """running (the run lock is held), died (not running, and its last run recorded no end: killed, OOM, power
-    cut), finished (nothing left) or stopped (a stop that recorded its end, with items left)."""
+def run_state(pid: int | None, remaining: int | None, last_run: dict[str, Any],
+              supervisor: dict[str, Any] | None = None) -> str:
+    """running (the run lock is held), restarting (not running, and a live supervisor waits to start it again),
+    died (not running, and its last run recorded no end: killed, OOM, power cut), finished (nothing left) or
+    stopped (a stop that recorded its end, with items left)."""
     if pid:
         return "running"
+    if supervisor:
+        return "restarting"
     if last_run.get("started_at") and last_run.get("ended_at") is None:
         return "died"
     return "finished" if remaining == 0 else "stopped"
+
+
+def waiting_supervisor(rd: RunDir) -> dict[str, Any] | None:
+    """What the supervisor's marker says (supervise.py writes it while it waits to restart the run), with the
+    seconds to the next attempt; None without a marker, or when the process it names is gone or is not that
+    supervisor (a kill -9 leaves the marker behind, and its pid may since belong to another process)."""
+    try:
+        marker = json.loads(rd.restart_marker.read_text())
+        process = psutil.Process(int(marker["pid"]))
+        same = (abs(process.create_time() - float(marker["created"])) < 1.0
+                and any("durabatch" in part for part in process.cmdline())
+                and process.status() != psutil.STATUS_ZOMBIE)
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return None
+    if not same:
+        return None
+    return {**marker, "restart_in_s": max(0.0, float(marker["next_attempt_at"]) - time.time())}
 
 
 def _window_end(pid: int | None, last_run: dict[str, Any], last_commit: float | None, rd: RunDir) -> float:
@@ -159,7 +186,8 @@ def render_loop(info: dict[str, Any]) -> str:
     total = f" of {info['total']:,}" if info.get("total") else ""
     lines = [f"run dir:     {info['run_dir']} (a checkpointed loop)",
              f"latest:      step {latest.get('step', 0):,}{total} ({latest.get('reason', '?')}), "
-             f"{format_duration(latest.get('elapsed'))} into the run" if latest else "latest:      no checkpoint yet",
+             f"{format_duration(latest.get('elapsed'))} into the run" if latest else
+             f"latest:      no checkpoint yet (step {info['step']:,}{total})",
              f"kept:        {', '.join(info['checkpoints']) or 'none'}"]
     if logged:
         values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -230,6 +258,11 @@ def _api_line(api: dict[str, Any], window: str, running: bool) -> str:
 def _state_text(info: dict[str, Any]) -> str:
     if info["pid"]:
         return f"{info['state']} (pid {info['pid']})"
+    if info["state"] == "restarting":
+        s = info["supervisor"]
+        when = f"in ~{s['restart_in_s']:.0f}s" if s["restart_in_s"] >= 1 else "now"
+        return (f"restarting: died ({s['last_exit']}); the supervisor (pid {s['pid']}) restarts it {when} "
+                f"(attempt {s['attempt']})")
     if info["state"] == "died":
         seen = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["last_seen_at"]))
         return (f"died (not running, and its last run recorded no end: killed or crashed; last seen {seen}, "

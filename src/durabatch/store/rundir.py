@@ -27,6 +27,9 @@ class RunDir:
         self.lock = self.path / "lock"
         self.inflight = self.path / "inflight.journal"  # batches dispatched and not finished: poison suspects
         self.last_death = self.logs / "last_death.json"  # written by the supervisor: how the last runner died
+        # written by the supervisor while it waits to restart the run (removed when that attempt ends or it stops):
+        # its pid and start time, the next attempt and when; `status` says "restarting" instead of "died"
+        self.restart_marker = self.logs / "supervisor.json"
 
     def create(self) -> None:
         try:
