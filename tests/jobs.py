@@ -61,13 +61,22 @@ def echo(record: dict) -> dict:
 
 
 class SlowSetup:
-    """A class whose setup() takes JOBS_SETUP_SECONDS (a model loading) and first touches JOBS_SETUP_MARK."""
+    """A class whose setup() takes JOBS_SETUP_SECONDS (a model loading) and first touches JOBS_SETUP_MARK. With
+    JOBS_SETUP_GATE set, setup() ends as soon as that file exists (JOBS_SETUP_SECONDS is then only its cap): a
+    setup that is certainly still running until the test lets it finish, however fast or slow the machine."""
 
     def setup(self) -> None:
         mark = os.environ.get("JOBS_SETUP_MARK")
         if mark:
             open(mark, "a").close()
-        _pause(float(os.environ.get("JOBS_SETUP_SECONDS", "0")))
+        seconds = float(os.environ.get("JOBS_SETUP_SECONDS", "0"))
+        gate = os.environ.get("JOBS_SETUP_GATE")
+        if not gate:
+            _pause(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def __call__(self, record: dict) -> dict:
         return digest(record)

@@ -44,13 +44,16 @@ def test_streaming_results_are_exactly_once_and_correct(tmp_path):
 
 
 def test_a_burst_of_429s_fails_no_item_and_retry_after_is_obeyed(tmp_path):
+    # 40 items: the burst is over 1.5 s after the server starts, when most of them still wait (the slow start sends
+    # 5/s at first); the items sent after it see no 429 (the run then holds the ~4.5/s it learned from the burst),
+    # so more of them would only make the run longer (100 took 23 s).
     with LLMServer(ServerConfig(latency_median=0.01, reject_until=1.5)) as server:
-        summary = run(tmp_path, server, 100, concurrency=8)
+        summary = run(tmp_path, server, 40, concurrency=8)
         log = server.log
-    assert summary.exit_code == 0 and summary.done == 100 and summary.failed_total == 0
+    assert summary.exit_code == 0 and summary.done == 40 and summary.failed_total == 0
     assert log.rejections  # the burst happened
     # After a 429 says "wait", nothing new is sent before then: the only arrivals inside the window are calls that
-    # were already under way when the 429 came back (at most the concurrency), never the 90 items still waiting.
+    # were already under way when the 429 came back (at most the concurrency), never the items still waiting.
     for at, wait in log.rejections:
         early = [round(t - at, 3) for t in log.arrivals if at + 0.01 < t < at + wait - 0.01]
         assert len(early) <= 8, f"{len(early)} requests sent within a Retry-After of {wait:.2f}s: {early}"
@@ -73,8 +76,10 @@ def test_an_unstated_limit_is_found_and_held(tmp_path):
 def test_stated_rpm_is_never_exceeded(tmp_path):
     """The schedule itself is checked exactly with a fake clock (test_testing.py); end to end, a process starved
     of CPU wakes several planned calls at once, so a loaded machine may see a few 429s, never a storm."""
-    with LLMServer(ServerConfig(rpm=600, window=1.0, latency_median=0.01)) as server:
-        summary = run(tmp_path, server, 120, concurrency=32, rpm=600)
+    # 1,200 rpm counted per half-second window: the same 10 requests per window as 600 rpm per 1 s window, and the
+    # same 12 windows' worth of requests, in half the time.
+    with LLMServer(ServerConfig(rpm=1200, window=0.5, latency_median=0.01)) as server:
+        summary = run(tmp_path, server, 120, concurrency=32, rpm=1200)
         rejected, sent = len(server.log.rejections), len(server.log.arrivals)
     assert summary.exit_code == 0 and summary.done == 120
     assert rejected <= max(2, 0.05 * sent), (rejected, sent)

@@ -17,8 +17,10 @@ import pytest
 from conftest import wait_until
 
 TESTS = Path(__file__).parent
-KILLS = 25
-pytestmark = pytest.mark.slow  # 26 runs of the CLI
+# Every round is the same kill (just after a call bumped the counter, mid-call, same engine and options); 16 of
+# them sample that moment as well as 25 did, with 9 fewer start-ups (~1.4 s each).
+KILLS = 16
+pytestmark = pytest.mark.slow  # 17 runs of the CLI
 
 
 def calls_so_far(counter: Path) -> int:
@@ -52,7 +54,7 @@ def test_kills_mid_call_never_repeat_a_call(tmp_path):
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-    assert kills >= 20, f"only {kills} kills landed before the job finished"
+    assert kills >= 13, f"only {kills} kills landed before the job finished"
     final = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert final.returncode == 1, final.stderr  # finished, with interrupted items reported
     calls = collections.Counter(int(x) for x in counter.read_text().split())

@@ -5,6 +5,7 @@ SIGTERM and Ctrl-C stop cleanly with exit 75 and the same command resumes; a sec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import shutil
@@ -30,7 +31,9 @@ from conftest import (
 )
 
 N = 20_000
-KILLS = 22
+# The kill schedule is seeded (engine, kind of kill, commits to wait for, delay): its first 16 rounds already have
+# every engine change and kind of kill that rounds 17-22 of the former 22 had (~1.7 s a round, in each variant).
+KILLS = 16
 SLOW = {"JOBS_ITEM_SECONDS": "0.003"}  # ~3 ms an item: the 20,000-item job takes a minute, kills land mid-run
 FAST = {"JOBS_ITEM_SECONDS": "0"}  # the speed is not part of the job: the final run finishes it quickly
 
@@ -108,11 +111,32 @@ def sigkill_runner(proc: subprocess.Popen) -> list[psutil.Process]:
     return children
 
 
+def has_exited(p: psutil.Process) -> bool:
+    """Whether a process has exited: gone, or a zombie. An orphan's exit is reaped by its new parent (init) when
+    init gets round to it, seconds later on some machines: a zombie has ended all the same (psutil.wait_procs
+    waits for the reaping, which says nothing about the process)."""
+    try:
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def still_running(children: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to `timeout` seconds for the processes to exit; those still running then, killed (ours)."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in children if not has_exited(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = [p for p in alive if not has_exited(p)]
+    for p in alive:  # our own stragglers: clean up before failing
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    return alive
+
+
 def assert_children_exit(children: list[psutil.Process], timeout: float = 60.0) -> None:
     """Worker processes must not outlive a killed runner for long (they read EOF from its pipe and leave)."""
-    _, alive = psutil.wait_procs(children, timeout=timeout)
-    for p in alive:  # our own stragglers: clean up before failing
-        p.kill()
+    alive = still_running(children, timeout)
     assert not alive, f"worker processes outlived the killed runner: {[p.pid for p in alive]}"
 
 
@@ -290,9 +314,7 @@ def test_second_signal_during_the_grace_period_stops_at_once(tmp_path, records_f
     finally:
         if proc.poll() is None:
             proc.kill()
-        _, alive = psutil.wait_procs(children, timeout=60)
-        for p in alive:  # stuck worker processes of ours: never left sleeping after a failure
-            p.kill()
+        alive = still_running(children, timeout=60)  # stuck worker processes of ours: never left sleeping
     assert proc.returncode == 75, err
     assert elapsed < 60, f"the second signal took {elapsed:.1f}s to stop the run (calls take 600 s, grace 300 s)"
     assert not alive, f"stuck worker processes outlived the run: {[p.pid for p in alive]}"
@@ -314,17 +336,21 @@ def test_second_signal_during_the_grace_period_stops_at_once(tmp_path, records_f
                                              pytest.param(signal.SIGTERM, "processes", id="SIGTERM-processes")])
 def test_stop_signal_while_the_function_sets_up_exits_75(tmp_path, records_file, sig, engine):
     """A model loading in setup() takes seconds: Ctrl-C or SIGTERM then is still a resumable stop (exit 75), not
-    a death by signal or a KeyboardInterrupt exit."""
+    a death by signal or a KeyboardInterrupt exit. setup() lasts until the test opens its gate, after the signal
+    was delivered: the signal certainly lands while it runs (no fixed setup time to outlast the signal)."""
     data = records_file(100)
     run_dir = tmp_path / "r"
-    mark = tmp_path / "setup-started"
+    mark, gate = tmp_path / "setup-started", tmp_path / "setup-may-end"
     args = ["run", "-i", data, "--key", "id", "--fn", "jobs:SlowSetup", "--run-dir", run_dir, "--progress", "off",
             "--engine", engine, "--workers", "1" if engine == "inline" else "2"]
-    proc = durabatch_popen(*args, cwd=tmp_path, env={"JOBS_SETUP_SECONDS": "15", "JOBS_SETUP_MARK": str(mark)},
+    proc = durabatch_popen(*args, cwd=tmp_path, env={"JOBS_SETUP_SECONDS": "120", "JOBS_SETUP_MARK": str(mark),
+                                                     "JOBS_SETUP_GATE": str(gate)},
                            stderr=subprocess.PIPE, text=True)
     try:
         wait_until(mark.exists, timeout=120, what="setup() to start")
         proc.send_signal(sig)
+        wait_signal_taken(proc, sig)  # the runner has the signal while setup() still runs
+        gate.touch()
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
