@@ -133,3 +133,40 @@ def test_a_resumed_run_starts_from_the_learned_rate(tmp_path):
         log = server.log
     assert second.exit_code == 0
     assert len(log.rejections) <= 0.03 * len(log.arrivals), (len(log.rejections), len(log.arrivals))
+
+
+def sends_of(limiter, callers: int, clock, held_always: bool) -> list[float]:
+    """When each of `callers` queued calls is sent (fake time), each answered 20 ms later (a success). Held
+    always: every call keeps the place it reserved when it was queued (the old way)."""
+    import heapq
+
+    asks = [(0.0, i) for i in range(callers)]  # (when it asks for its place, caller)
+    answers: list[float] = []
+    sent: list[float] = []
+    while asks:
+        at, who = heapq.heappop(asks)
+        while answers and answers[0] <= at:  # successes before this ask grow the rate
+            clock.advance(max(0.0, heapq.heappop(answers) - clock()))
+            limiter.on_success()
+        clock.advance(max(0.0, at - clock()))
+        wait, held = (limiter.wait_time(), True) if held_always else limiter.place()
+        if held:
+            sent.append(at + wait)
+            heapq.heappush(answers, at + wait + 0.02)
+        else:
+            heapq.heappush(asks, (at + wait, who))
+    return sorted(sent)
+
+
+def test_queued_calls_use_a_slow_start_rate_that_grew_meanwhile():
+    from durabatch.policies.limits import RateLimiter
+    from durabatch.testing import FakeClock
+
+    # 128 calls queued at once (the asyncio engine queues 4 x concurrency) against an API with no stated limit:
+    # the slow start begins at 5/s and doubles every half second without a 429.
+    old_clock, new_clock = FakeClock(), FakeClock()
+    held = sends_of(RateLimiter(clock=old_clock), 128, old_clock, held_always=True)
+    asked = sends_of(RateLimiter(clock=new_clock), 128, new_clock, held_always=False)
+    assert len(held) == len(asked) == 128
+    assert held[-1] > 20  # places reserved at 5/s: the last call waits ~25 s whatever the rate becomes
+    assert asked[-1] < 4  # asked again: the rate that grew counts at once

@@ -104,11 +104,13 @@ class AsyncEngine(ResultQueue):
     async def _run_item(self, record: dict) -> tuple[Any, ItemError | None]:
         limited = LimitedCall(self.limits, record)
         while True:
-            wait = limited.wait()  # before taking a slot: waiting never holds one
+            wait, held = limited.wait()  # before taking a slot: waiting never holds one
             if wait > 0:
                 await self._sleep(wait)
             if self._stopping:
                 return None, NOT_STARTED
+            if not held:  # the rate is still being found: ask again
+                continue
             async with self.gate:
                 pause = limited.pause_left()  # a 429 may have come in while this task waited for a slot
                 if self._stopping:

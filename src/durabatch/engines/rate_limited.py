@@ -27,9 +27,10 @@ class LimitedCall:
         self.limiter = limits.for_record(record)
         self.estimate = limits.estimate(record)
 
-    def wait(self) -> float:
-        """Seconds to wait before this try (reserves its place in the buckets)."""
-        return self.limiter.wait_time(self.estimate)
+    def wait(self) -> tuple[float, bool]:
+        """(seconds to wait before this try, held): held, its place in the buckets is reserved; else wait and
+        ask again (a rate still being found may have grown meanwhile)."""
+        return self.limiter.place(self.estimate)
 
     def pause_left(self) -> float:
         """A 429 elsewhere may have paused everyone since wait() was taken."""
@@ -63,9 +64,11 @@ def call_sync(limits: Limits, record: dict, call: Callable[[], Outcome],
     """A synchronous call under the limits, retried in place after 429s."""
     limited = LimitedCall(limits, record)
     while True:
-        wait = limited.wait()
+        wait, held = limited.wait()
         if wait > 0:
             sleep(wait)
+        if not held:
+            continue
         if not limited.start():
             return None, NOT_STARTED
         output, error = call()

@@ -19,6 +19,7 @@ from ..errors import ratelimit_headers
 from .api_metrics import ApiMetrics, usage_of
 
 Clock = Callable[[], float]
+RECHECK = 0.25  # seconds: a longer wait set by the adaptive rate is asked again, not held (RateLimiter.place)
 
 
 class TokenBucket:
@@ -140,16 +141,29 @@ class RateLimiter:
 
     def wait_time(self, tokens: float | None = None) -> float:
         """Seconds to wait before sending one request estimated at `tokens` tokens (reserves them)."""
+        return self.place(tokens, recheck=None)[0]
+
+    def place(self, tokens: float | None = None, recheck: float | None = RECHECK) -> tuple[float, bool]:
+        """(seconds to wait, held) for one request of `tokens` tokens. Held: its place in the buckets is reserved,
+        go after the wait. Not held: the wait comes from the adaptive rate and is longer than `recheck`, so nothing
+        is reserved: sleep it and ask again. A queue of calls reserved at the 5/s of a slow start would otherwise
+        keep waits of many seconds after the rate has doubled a few times, or a header has stated the limit."""
+        estimate = tokens if tokens is not None else self.tokens_per_item
         with self._lock:
             now = self.clock()
             wait = max(0.0, self.paused_until - now)
+            adaptive = 0.0
             if self.requests is not None:
                 wait = max(wait, self.requests.reserve(1))
             elif self._adaptive_bucket is not None:
-                wait = max(wait, self._adaptive_bucket.reserve(1))
-            if self.tokens is not None:
-                wait = max(wait, self.tokens.reserve(tokens if tokens is not None else self.tokens_per_item))
-            return wait
+                adaptive = self._adaptive_bucket.reserve(1)
+            by_tokens = self.tokens.reserve(estimate) if self.tokens is not None else 0.0
+            if recheck is not None and adaptive > recheck and adaptive >= by_tokens and self._adaptive_bucket:
+                self._adaptive_bucket.refund(1)
+                if self.tokens is not None:
+                    self.tokens.refund(estimate)
+                return max(wait, recheck), False
+            return max(wait, adaptive, by_tokens), True
 
     def pause_left(self) -> float:
         return max(0.0, self.paused_until - self.clock())
