@@ -44,19 +44,18 @@ def test_streaming_results_are_exactly_once_and_correct(tmp_path):
 
 
 def test_a_burst_of_429s_fails_no_item_and_retry_after_is_obeyed(tmp_path):
-    # 40 items: the burst is over 1.5 s after the server starts, when most of them still wait (the slow start sends
-    # 5/s at first); the items sent after it see no 429 (the run then holds the ~4.5/s it learned from the burst),
-    # so more of them would only make the run longer (100 took 23 s).
-    with LLMServer(ServerConfig(latency_median=0.01, reject_until=1.5)) as server:
-        summary = run(tmp_path, server, 40, concurrency=8)
+    # 40 items: the burst lasts 3 s from the first request, when most of them still wait (the slow start sends
+    # 5/s at first); the items sent after it see no 429, so more of them would only make the run longer.
+    with LLMServer(ServerConfig(latency_median=0.01, reject_until=3.0)) as server:
+        summary = run(tmp_path, server, 40, concurrency=2)
         log = server.log
     assert summary.exit_code == 0 and summary.done == 40 and summary.failed_total == 0
-    assert log.rejections  # the burst happened
+    assert len(log.rejections) >= 1 and log.rejections[0][0] == log.arrivals[0]  # the burst met the first call
     # After a 429 says "wait", nothing new is sent before then: the only arrivals inside the window are calls that
-    # were already under way when the 429 came back (at most the concurrency), never the items still waiting.
+    # were already under way when the 429 came back (at most the concurrency, 2), never the items still waiting.
     for at, wait in log.rejections:
         early = [round(t - at, 3) for t in log.arrivals if at + 0.01 < t < at + wait - 0.01]
-        assert len(early) <= 8, f"{len(early)} requests sent within a Retry-After of {wait:.2f}s: {early}"
+        assert len(early) <= 2, f"{len(early)} requests sent within a Retry-After of {wait:.2f}s: {early}"
 
 
 def test_an_unstated_limit_is_found_and_held(tmp_path):

@@ -41,7 +41,8 @@ class ServerConfig:
     hang_rate: float = 0.0  # never answer (until hang_seconds)
     hang_seconds: float = 30.0
     malformed_rate: float = 0.0  # 200 with a body that is not JSON
-    reject_until: float = 0.0  # answer 429 to everything for this many seconds after start (a burst)
+    reject_until: float = 0.0  # answer 429 to everything for this many seconds from the first request (a burst
+    # that meets a client under way, whatever its start-up took)
     seed: int = 0
     # the reply text for a prompt (default "Answer: <A-D>" from answer_for): lets a recipe bring its own "model"
     answer: Callable[[str], str] | None = None
@@ -97,8 +98,9 @@ class LLMServer:
         with self._lock:
             now = time.monotonic()
             self.log.arrivals.append(now)
-            if now - self.started < c.reject_until:
-                wait = c.reject_until - (now - self.started)
+            first = self.log.arrivals[0]
+            if now - first < c.reject_until:
+                wait = c.reject_until - (now - first)
                 self.log.rejections.append((now, wait))
                 return wait
             if c.refill == "bucket":
