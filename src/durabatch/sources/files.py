@@ -343,7 +343,9 @@ def _csv_rows(path: str, pos: int, wanted: Wanted, end: int | None) -> Generator
     return pos
 
 
-def _parquet_blocks(path: str, pos: int, wanted: Wanted, end: int | None, columnar: bool) -> Generator:
+def _parquet_blocks(path: str, pos: int, wanted: Wanted, end: int | None, columnar: bool,
+                    columns: list[str] | None = None, batch_size: int = BLOCK_ROWS) -> Generator:
+    """Blocks of `path`'s wanted rows (`columns`: only those, e.g. the driver's keys); returns like jsonl_blocks."""
     import pyarrow.parquet as pq
 
     first = pos
@@ -357,7 +359,7 @@ def _parquet_blocks(path: str, pos: int, wanted: Wanted, end: int | None, column
             groups.append(group)
     if not groups:
         return pos
-    for batch in reader.iter_batches(batch_size=BLOCK_ROWS, row_groups=groups):
+    for batch in reader.iter_batches(batch_size=batch_size, row_groups=groups, columns=columns):
         if end is not None and pos >= end:
             return None
         stop = batch.num_rows if end is None else min(batch.num_rows, end - pos)

@@ -81,32 +81,12 @@ class KeysOnly:
 
 
 def _parquet_keys(path: str, key: str, pos: int, wanted: Wanted, end: int | None) -> Generator:
+    """The key column's pages only; a file without the key column is read whole (Arrow would read no column at
+    all), so that the driver names its rows as missing the key."""
     import pyarrow.parquet as pq
 
-    first = pos
-    reader = pq.ParquetFile(path)
-    if key not in reader.schema_arrow.names:  # Arrow would read no column at all: the exact path names the rows
-        return (yield from _cut(_parquet_blocks(path, pos, wanted, end, True), path, key))
-    groups = []
-    for group in range(reader.metadata.num_row_groups):  # row groups wholly before the first wanted: not read
-        rows = reader.metadata.row_group(group).num_rows
-        if not groups and pos + rows <= first_wanted(wanted):
-            pos += rows
-        else:
-            groups.append(group)
-    if not groups:
-        return pos
-    for batch in reader.iter_batches(batch_size=KEY_ROWS, row_groups=groups, columns=[key]):
-        if end is not None and pos >= end:
-            return None
-        stop = batch.num_rows if end is None else min(batch.num_rows, end - pos)
-        positions = select(wanted, pos, pos + stop)
-        if positions:
-            table = pa.Table.from_batches([batch])
-            table = table.slice(0, stop) if len(positions) == stop else table.take([p - pos for p in positions])
-            yield positions, [(path, p - first + 1) for p in positions], ArrowRecords(table)
-        pos += batch.num_rows
-    return pos
+    columns = [key] if key in pq.ParquetFile(path).schema_arrow.names else None
+    return (yield from _cut(_parquet_blocks(path, pos, wanted, end, True, columns, KEY_ROWS), path, key))
 
 
 def _jsonl_keys(path: str, key: str, pos: int, wanted: Wanted, end: int | None) -> Generator:
