@@ -59,14 +59,18 @@ class LimitedCall:
         return False
 
 
-def call_sync(limits: Limits, record: dict, call: Callable[[], Outcome],
-              sleep: Callable[[float], None] = time.sleep) -> Outcome:
-    """A synchronous call under the limits, retried in place after 429s."""
+def call_sync(limits: Limits, record: dict, call: Callable[[], Outcome], sleep: Callable[[float], Any] = time.sleep,
+              stopping: Callable[[], bool] = lambda: False) -> Outcome:
+    """A synchronous call under the limits, retried in place after 429s. `sleep` may return early and `stopping`
+    say so: a warm stop never waits out a rate limit for a call that has not started (it is NotStarted, and the
+    next run makes it)."""
     limited = LimitedCall(limits, record)
     while True:
         wait, held = limited.wait()
         if wait > 0:
             sleep(wait)
+        if stopping():
+            return None, NOT_STARTED
         if not held:
             continue
         if not limited.start():

@@ -27,6 +27,7 @@ class ThreadEngine(ResultQueue):
         ResultQueue.__init__(self)
         self._ready = threading.Barrier(workers + 1)
         self._setup_error: BaseException | None = None
+        self._stopping = threading.Event()  # a warm stop: rate-limit waits end, calls not started do not start
 
     def start(self, work: Work) -> None:
         self._threads = []
@@ -69,7 +70,8 @@ class ThreadEngine(ResultQueue):
         outputs: list = [None] * len(records)
         errors: dict = {}
         for i, record in enumerate(records):
-            outputs[i], error = call_sync(self.limits, record, lambda r=record: _one(work, r))
+            outputs[i], error = call_sync(self.limits, record, lambda r=record: _one(work, r),
+                                          sleep=self._stopping.wait, stopping=self._stopping.is_set)
             if error is not None:
                 errors[i] = error
         return outputs, errors
@@ -79,7 +81,9 @@ class ThreadEngine(ResultQueue):
         self._todo.put(batch)
 
     def stop_starting(self) -> None:
-        """Batches queued behind the running ones never start: they come back as NotStarted."""
+        """Batches queued behind the running ones never start: they come back as NotStarted; so do the calls of
+        running batches still waiting for a rate limit."""
+        self._stopping.set()
         while True:
             try:
                 batch = self._todo.get_nowait()
