@@ -29,6 +29,7 @@ from typing import Any
 
 from ..columns import ArrowRecords
 from ..errors import ConfigError, ErrorKind, ItemError
+from ..sources.base import BadRow
 from .base import Batch, BatchResult
 from .user_fn import Work
 
@@ -332,8 +333,6 @@ def read_records(reader: Any, key: str | None, positions: list[int], keys: list)
     """ray_reads "actors": the records at `positions`, read by this actor, and the errors of those it could not
     use: a bad row (BadRow, named by file and line) or a key other than the one the driver read (the input changed
     under the run: an InputError, which stops the run). An unreadable input fails every item with InputError."""
-    from ..sources import BadRow
-
     try:
         records = reader.read(positions)
     except Exception as exc:  # noqa: BLE001 - e.g. a file changed or gone: the driver stops the run
