@@ -85,8 +85,10 @@ class RayCluster:
     def start(self, timeout: float = 120.0) -> None:
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
         self.holder = subprocess.Popen(["unshare", "-n", "sleep", "infinity"], stdin=subprocess.DEVNULL)
-        _wait(lambda: Path(f"/proc/{self.holder.pid}/ns/net").resolve() != Path("/proc/self/ns/net").resolve(),
-              10, "the network namespace")
+        # The namespace's identity is the link's text (net:[inode]); the paths themselves always differ. Until
+        # `unshare` has run, the holder is still in this namespace, and lo would be set up in the wrong one.
+        _wait(lambda: os.readlink(f"/proc/{self.holder.pid}/ns/net") != os.readlink("/proc/self/ns/net"),
+              30, "the network namespace")
         subprocess.run(self.command([sys.executable, "-c", LOOPBACK_UP]), check=True)
         self._start_node("head", ["--head", f"--port={PORT}", "--include-dashboard=false"])
         self._wait_nodes(1, timeout)
