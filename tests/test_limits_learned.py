@@ -170,3 +170,23 @@ def test_queued_calls_use_a_slow_start_rate_that_grew_meanwhile():
     assert len(held) == len(asked) == 128
     assert held[-1] > 20  # places reserved at 5/s: the last call waits ~25 s whatever the rate becomes
     assert asked[-1] < 4  # asked again: the rate that grew counts at once
+
+
+def test_a_burst_of_429s_before_any_success_does_not_set_the_rate():
+    # A provider refusing everything for its first seconds (no success yet) says nothing of its limit: the slow
+    # start begins again after the pause, instead of settling near the 5/s it started from.
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock)
+    for _ in range(6):  # the burst: refused, each with a 1 s Retry-After
+        limiter.wait_time()
+        limiter.on_rate_limited(1.0)
+        clock.advance(0.5)
+    assert limiter.learned() is None and limiter.pause_left() > 0
+    clock.advance(limiter.pause_left())
+    for _ in range(400):  # then answered: the ramp doubles every half second, past the 5/s of the burst
+        clock.advance(max(limiter.wait_time(), 0.005))
+        limiter.on_success()
+    assert limiter.adaptive.rate is None or limiter.adaptive.rate > 40
+    # With successes seen, a 429 does set the rate (below what the server admitted), as before.
+    limiter.on_rate_limited(1.0)
+    assert limiter.learned() is not None and limiter.learned()["from"] == "429s"

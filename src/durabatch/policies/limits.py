@@ -96,8 +96,15 @@ class AdaptiveRate:
         now = self.clock()
         if self.found and now - self._last_change < 1.0:  # one cut per burst of 429s
             return self.rate
+        admitted = self.observed()
+        if not self.found and not admitted:
+            # Refused before anything was admitted (a burst of 429s at start-up, a quota still resetting): that
+            # says nothing of the rate. The caller waits out the pause; then the slow start begins again (a cut
+            # here would be of the 5/s ramp's start, and regrowth at 1% per 2 s takes minutes).
+            self.rate, self._last_change = self.start, now
+            return self.rate
         current = self.rate if self.rate is not None else float("inf")
-        base = min(current, self.observed() or current)
+        base = min(current, admitted or current)
         self.rate = max(0.1, (base if base != float("inf") else 1.0) * self.cut)
         self.found = True
         self._last_change = now
