@@ -203,4 +203,7 @@ def test_a_finished_run_on_read_only_media_can_still_be_read(tmp_path, mount):
     assert pq.read_table(out).column("id").to_pylist() == list(range(N))
     report = durabatch_cli("report", run_dir, "--to", tmp_path / "report.html", cwd=tmp_path)
     assert report.returncode == 0, report.stderr
+    beside = durabatch_cli("report", run_dir, cwd=tmp_path)  # the default, inside the run directory: one line
+    line = one_line_error(beside)  # that says why and what to do
+    assert "report.html" in line and "--to FILE" in line, line
     assert durabatch_cli("verify", run_dir, cwd=tmp_path).returncode == 0

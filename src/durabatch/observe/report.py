@@ -8,6 +8,7 @@ steps/s over time, the checkpoints kept on disk."""
 from __future__ import annotations
 
 import bisect
+import contextlib
 import html
 import itertools
 import json
@@ -181,10 +182,19 @@ def write(run_dir: str | os.PathLike, to: str | os.PathLike | None = None) -> tu
     data = collect(run_dir)
     path = Path(to) if to is not None else Path(run_dir) / "report.html"
     data["report"] = str(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(render_html(data), encoding="utf-8")
-    os.replace(tmp, path)  # a browser reloading the report never reads half a file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(render_html(data), encoding="utf-8")
+        os.replace(tmp, path)  # a browser reloading the report never reads half a file
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # read-only media refuse even this
+            tmp.unlink(missing_ok=True)
+        if to is not None:
+            raise
+        raise LedgerError(f"cannot write {path} ({exc.strerror or exc}): the run directory is not writable here "
+                          "(read-only media, or another user's); write the report elsewhere with --to FILE, e.g. "
+                          "--to ./report.html") from None
     return path, data
 
 
