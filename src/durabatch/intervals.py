@@ -55,6 +55,11 @@ def decode(blob: bytes) -> list[tuple[int, int]]:
     return list(zip(flat[::2], flat[1::2], strict=True))
 
 
+def count(spans: list[tuple[int, int]]) -> int:
+    """How many positions the spans hold."""
+    return sum(e - s for s, e in spans)
+
+
 def expand(spans: list[tuple[int, int]]) -> list[int]:
     return [p for start, end in spans for p in range(start, end)]
 

@@ -60,12 +60,7 @@ def jsonl_blocks(path: str, pos: int, wanted: Callable[[int], bool], end: int | 
             stop = lines if end is None else max(0, min(lines, end - pos))
             positions = select(wanted, pos, pos + stop)
             picks = None if len(positions) == lines else [p - pos for p in positions]
-            if not positions:
-                records = []
-            elif columnar:  # full validation has checked the UTF-8 that _records checks by decoding
-                records = ArrowRecords(table if picks is None else table.take(picks))
-            else:
-                records = _records(table, picks)
+            records = _table_records(table, picks, columnar) if positions else []
             if records is not None:
                 if marks is not None and stop == lines:  # before the yield: a reader done with it has the mark
                     marks.append((offset, pos + lines, lineno + lines))
@@ -80,25 +75,40 @@ def jsonl_blocks(path: str, pos: int, wanted: Callable[[int], bool], end: int | 
                 continue
         if misses < GIVE_UP:
             misses += 1
-        positions, numbers, records = [], [], []
-        for line in _text_lines(block):
-            lineno += 1
-            if line is not None and (not line or line.isspace()):
-                continue
-            if end is not None and pos >= end:
-                if positions:
-                    yield positions, numbers, records
-                return None
-            if wanted(pos):
-                positions.append(pos)
-                numbers.append(lineno)
-                records.append(_parse(line, f"{path} line {lineno}", bad))
-            pos += 1
-        if marks is not None:
+        rows, pos, lineno, reached = _line_by_line(block, path, pos, lineno, wanted, end, bad)
+        if marks is not None and not reached:
             marks.append((offset, pos, lineno))
-        if positions:
-            yield positions, numbers, records
+        if rows[0]:
+            yield rows
+        if reached:
+            return None
     return pos
+
+
+def _table_records(table: pa.Table, picks: list[int] | None, columnar: bool) -> Any:
+    """The records of a block Arrow read (ArrowRecords, or dicts), or None when Arrow's are not json.loads's."""
+    if columnar:  # full validation has checked the UTF-8 that _records checks by decoding
+        return ArrowRecords(table if picks is None else table.take(picks))
+    return _records(table, picks)
+
+
+def _line_by_line(block: bytes, path: str, pos: int, lineno: int, wanted: Callable[[int], bool], end: int | None,
+                  bad: Callable[[str, str], Any]) -> tuple[Block, int, int, bool]:
+    """The block read line by line in Python, naming every bad row: its wanted rows, the position and line number
+    after it, and whether `end` was reached in it."""
+    positions, numbers, records = [], [], []
+    for line in _text_lines(block):
+        lineno += 1
+        if line is not None and (not line or line.isspace()):
+            continue
+        if end is not None and pos >= end:
+            return (positions, numbers, records), pos, lineno, True
+        if wanted(pos):
+            positions.append(pos)
+            numbers.append(lineno)
+            records.append(_parse(line, f"{path} line {lineno}", bad))
+        pos += 1
+    return (positions, numbers, records), pos, lineno, False
 
 
 # parse()'s answer for a block wholly before the first wanted position whose every line starts with "{" (so none

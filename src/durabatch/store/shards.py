@@ -147,8 +147,16 @@ def write_atomic(directory: Path, data: bytes, rows: int, spans: list[tuple[int,
     os.close(fd)
     os.replace(tmp, directory / name)
     fsync_path(directory)
-    checksum = hashlib.blake2b(data, digest_size=16).hexdigest()
-    return ShardRecord(name, rows, len(data), checksum, spans)
+    return ShardRecord(name, rows, len(data), hashlib.blake2b(data, digest_size=16).hexdigest(), spans)
+
+
+def file_checksum(path: Path) -> str:
+    """A shard file's checksum as the ledger keeps it (the same as write_atomic's of its bytes)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def shard_spans(path: Path) -> list[tuple[int, int]] | None:

@@ -8,7 +8,6 @@ Nothing the user made is deleted: a damaged shard goes to run_dir/corrupt/, a da
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 import sqlite3
@@ -21,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import intervals
 from ..errors import ConfigError, LedgerError, command
 from ..sources.keys import all_distinct
 from . import orphans, ranks, shards
@@ -208,10 +208,10 @@ def _check_shard(path: Path, shard: dict, report: Report) -> pa.Array | None:
     size = path.stat().st_size
     if size != shard["bytes"]:
         return bad("corrupt", f"{size:,} bytes, the ledger says {shard['bytes']:,} (truncated or overwritten)")
-    if _checksum(path) != shard["checksum"]:
+    if shards.file_checksum(path) != shard["checksum"]:
         return bad("corrupt", "checksum differs from the ledger's: the file changed after its commit")
-    if sum(e - s for s, e in shard["spans"]) != rows:
-        return bad("rows", f"the ledger lists {rows:,} rows but positions for {_count(shard['spans']):,}")
+    if intervals.count(shard["spans"]) != rows:
+        return bad("rows", f"the ledger lists {rows:,} rows but positions for {intervals.count(shard['spans']):,}")
     try:
         keys, num_rows, spans = _read_keys(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable shard is named, whatever the reader says
@@ -313,7 +313,7 @@ def _rebuild_ledger(rd: RunDir, report: Report) -> None:
             report.repaired.append(f"{path.name}: removed (never committed)")
             continue
         why, spans, keys = _footer(path)
-        if why is None and path.name in sums and _checksum(path) != sums[path.name]:
+        if why is None and path.name in sums and shards.file_checksum(path) != sums[path.name]:
             why = "checksum differs from the old ledger's"
         if why is not None:
             _move_aside(path, rd)
@@ -335,10 +335,12 @@ def _rebuild_ledger(rd: RunDir, report: Report) -> None:
         if values:
             ledger.set_meta(**values)
         for path, spans, _ in found:
-            ledger.register_shard(ShardRecord(path.name, _count(spans), path.stat().st_size, _checksum(path), spans))
+            ledger.register_shard(ShardRecord(path.name, intervals.count(spans), path.stat().st_size,
+                                              shards.file_checksum(path), spans))
     finally:
         ledger.close()
-    report.repaired.append(f"new ledger lists {len(found):,} shard(s), {sum(_count(s) for _, s, _ in found):,} rows, "
+    rows = sum(intervals.count(s) for _, s, _ in found)
+    report.repaired.append(f"new ledger lists {len(found):,} shard(s), {rows:,} rows, "
                            f"from their footers{'; settings restored from the old ledger' if meta else ''}")
 
 
@@ -351,7 +353,7 @@ def _footer(path: Path) -> tuple[str | None, list[tuple[int, int]], pa.Array]:
         table = pq.read_table(path)
     except Exception as exc:  # noqa: BLE001
         return f"unreadable ({exc})", [], pa.array([], pa.string())
-    if not spans or _count(spans) != table.num_rows:
+    if not spans or intervals.count(spans) != table.num_rows:
         return "its footer does not give its rows' positions", [], pa.array([], pa.string())
     return None, spans, _as_text(table.column(0))
 
@@ -392,15 +394,3 @@ def _json(text: str, default: Any = None) -> Any:
         return json.loads(text)
     except (TypeError, ValueError):
         return default
-
-
-def _checksum(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _count(spans: list[tuple[int, int]]) -> int:
-    return sum(e - s for s, e in spans)
