@@ -52,7 +52,7 @@ class Run:
         self.engine: Engine = job.engine
         self.rules = Rules(job.retry, job.safety.at_most_once, job.safety.quarantine_after)
         self.observers = Observers(job.observers)
-        self.stop = StopFlag(grace=job.stop.grace_seconds)
+        self.stop = StopFlag(grace=job.stop.grace_seconds, announce=self.observers.on_message)
         self.failfast = FailFast(job.stop.max_consecutive_failures)
         self.pending = Pending()
         self.deadline = job.stop.deadline

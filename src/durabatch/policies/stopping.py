@@ -20,11 +20,15 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 class StopFlag:
     """grace: seconds after the first stop signal at which the stop turns cold by itself, as if a second signal
-    came (None: never). Then code running in the main thread (the inline engine's call) is interrupted."""
+    came (None: never). Then code running in the main thread (the inline engine's call) is interrupted.
+    announce: says that a stop was asked for while the main thread is in the user's code (the run loop, which
+    otherwise says it, is not running then); called from a thread of its own, never inside the handler."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, grace: float | None = None):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, grace: float | None = None,
+                 announce: Callable[[str], None] | None = None):
         self.clock = clock
         self.grace = grace
+        self.announce = announce
         self.reason: str | None = None
         self.requested_at: float | None = None
         self.urgent = False
@@ -48,6 +52,11 @@ class StopFlag:
         self.request(signal.Signals(signum).name)
         if self.urgent and self.interrupt_on_urgent:
             raise StopInterrupt  # a KeyboardInterrupt the function raises itself is only its item's failure
+        if not self.urgent and self.interrupt_on_urgent and self.announce is not None:
+            grace = "" if self.grace is None else f" (up to {self.grace:.0f}s)"
+            message = (f"{self.reason}: stopping after the work in progress{grace}, then committing; "
+                       "press Ctrl-C again to stop at once")
+            threading.Thread(target=self.announce, args=(message,), daemon=True).start()
         if self.grace is not None and self._timer is None and self._previous:
             self._timer = threading.Timer(self.grace, self._grace_over)
             self._timer.daemon = True
