@@ -15,6 +15,11 @@ refill (for comparison), and the warm-stop latency of an asyncio job (SIGINT/SIG
 flight, and with slow calls in flight: time beyond the slowest call in flight).
 
     python bench/api.py --issue13 --runs 5 [--arms resume stop]
+
+The 429 storm (`--storm OLD_SRC`): 20 s of refusals mid-job, then the rate in the 40 s after, on an older tree
+(A, e.g. `git worktree add /tmp/old REV`, then /tmp/old/src) and this one (B), interleaved.
+
+    python bench/api.py --storm /tmp/old/src --runs 5
 """
 
 from __future__ import annotations
@@ -165,6 +170,50 @@ def stop_latency(slow: bool, sig: int) -> dict:
     return {"seconds": t_exit - t_signal, "beyond": t_exit - max(slowest_end, t_signal), "exit": code}
 
 
+STORM = (10.0, 30.0)  # seconds after the first request: every request answered 429 (Retry-After 1 s)
+AFTER = 40.0  # seconds after the storm over which the rate is measured
+
+
+def storm(rpm: float, src: str | None = None) -> dict:
+    """No stated limit, continuous refill; 20 s into the job the provider refuses everything for 20 s (an overload,
+    a shared quota drained by another job), then answers as before. The figure: requests answered in the 40 s
+    after the storm, as a share of the limit. `src`: the durabatch tree the job runs on (A/B of a change)."""
+    config = ServerConfig(rpm=rpm, refill="bucket", latency_median=0.05, latency_sigma=0.3, tail_fraction=0.05,
+                          tail_latency=0.5, seed=1, reject_from=STORM[0], reject_until=STORM[1],
+                          reject_retry_after=1.0)
+    with LLMServer(config) as server, tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "q.jsonl"
+        data.write_text("".join(json.dumps(q) + "\n" for q in questions(int(rpm / 60 * 200))))
+        env = {**os.environ, "LLM_BASE_URL": server.url, **({"PYTHONPATH": src} if src else {})}
+        cmd = [sys.executable, "-m", "durabatch", "run", "-i", str(data), "--key", "id", "--fn",
+               "durabatch.testing:AskAsync", "--run-dir", str(Path(tmp) / "r"), "--concurrency", "64",
+               "--progress", "off"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not server.log.arrivals or time.monotonic() - server.log.arrivals[0] < STORM[1] + AFTER:
+            time.sleep(0.1)
+        proc.kill()
+        proc.wait()
+        first = server.log.arrivals[0]
+        rejected = {at for at, _ in server.log.rejections}
+        answered = [at for at in server.log.arrivals if at not in rejected
+                    and STORM[1] <= at - first < STORM[1] + AFTER]
+    return {"share_after": len(answered) / AFTER * 60 / rpm}
+
+
+def storm_ab(old_src: str, runs: int) -> None:
+    """The storm arm on an older tree (A) and this one (B), interleaved."""
+    new_src = str(Path(__file__).resolve().parents[1] / "src")
+    shares: dict[str, list[float]] = {"A": [], "B": []}
+    for i in range(runs):
+        for tree, src in (("A", old_src), ("B", new_src)):
+            shares[tree].append(storm(600, src)["share_after"])
+        print(f"run {i + 1}: A {shares['A'][-1]:.3f}, B {shares['B'][-1]:.3f}", flush=True)
+    print(f"\n| 600 rpm, 429 storm of 20 s (median of {runs}, min-max) | answered in the 40 s after it, share of "
+          "the limit |\n| --- | ---: |")
+    for tree, src in (("A", old_src), ("B", new_src)):
+        print(f"| {tree}: {src} | {median_spread(shares[tree])} |")
+
+
 def resume(n: int, rpm: float, kill_after: int) -> dict:
     """--rpm stated, concurrency 64: kill -9 the runner once `kill_after` answers came back (up to 256 calls are
     then dispatched and waiting for the limiter), then resume and time the resume."""
@@ -257,9 +306,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rpm", type=float, default=3000)
     parser.add_argument("--issue13", action="store_true", help="the issue 13 arms only (600 requests, 600 rpm)")
+    parser.add_argument("--storm", metavar="OLD_SRC", help="the 429-storm arm, A/B: an older tree's src (from "
+                        "`git worktree add /tmp/old REV`) against this one")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--arms", nargs="*", help="issue 13 arms whose name holds one of these words (default: all)")
     args = parser.parse_args()
+    if args.storm:
+        return storm_ab(args.storm, args.runs)
     if args.issue13:
         return issue13(args.runs, set(args.arms) if args.arms else None)
     rows = []

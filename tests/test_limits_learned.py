@@ -190,3 +190,26 @@ def test_a_burst_of_429s_before_any_success_does_not_set_the_rate():
     # With successes seen, a 429 does set the rate (below what the server admitted), as before.
     limiter.on_rate_limited(1.0)
     assert limiter.learned() is not None and limiter.learned()["from"] == "429s"
+
+
+def test_a_storm_of_429s_mid_job_cuts_the_rate_once():
+    # A provider that refuses everything for 30 s (an overload, a shared quota another job drained) says nothing
+    # new of the rate once it has been cut: cutting again every second of the storm compounded to ~4% of the rate
+    # (0.9 ** 30), then regrown at 1% per 2 s, ten minutes at a fraction of the speed after the storm.
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock)
+    limiter.seed({"rpm": 600, "from": "429s"})  # learned earlier: 10/s
+    for _ in range(100):
+        clock.advance(max(limiter.wait_time(), 0.1))
+        limiter.on_success()
+    for _ in range(60):  # the storm: every request refused, each with a 0.5 s Retry-After
+        clock.advance(max(limiter.wait_time(), 0.0))
+        limiter.on_rate_limited(0.5)
+        clock.advance(0.5)
+    assert limiter.learned()["rpm"] >= 0.8 * 600
+    # A limit that really dropped is still found: successes at 2/s among the 429s bring the rate down to it.
+    for _ in range(40):
+        clock.advance(0.5)
+        limiter.on_success()
+        limiter.on_rate_limited(None)
+    assert limiter.learned()["rpm"] <= 2.2 * 60

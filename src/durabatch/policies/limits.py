@@ -65,7 +65,9 @@ class AdaptiveRate:
     every half second without a 429 (past `unlimited` there is no limit to find: the bucket goes). On a 429: `cut` of
     the lower of the current rate and the rate the server *admitted* lately (successes, which is the limit when
     saturated), then regrow by `grow` per `every` seconds without a 429. A continuous-refill limit forgives no
-    overshoot, so the regrowth is slow: a few 429s per minute at most."""
+    overshoot, so the regrowth is slow: a few 429s per minute at most. One cut, then none until a request is
+    admitted again: a storm that refuses everything (an overload, a quota another job drained) is waited out by
+    Retry-After; cutting on each of its 429s compounds (0.9 ** 30 after 30 s) and slow regrowth pays for it."""
 
     start: float = 5.0
     cut: float = 0.9
@@ -78,6 +80,7 @@ class AdaptiveRate:
     found: bool = False  # a 429 (or a learned rate) has set the rate: no more slow start
     _ok: deque = field(default_factory=deque)
     _last_change: float = 0.0
+    _admitted_since_cut: bool = False
 
     def __post_init__(self) -> None:
         self.rate = self.start
@@ -94,8 +97,8 @@ class AdaptiveRate:
 
     def on_rate_limited(self) -> float | None:
         now = self.clock()
-        if self.found and now - self._last_change < 1.0:  # one cut per burst of 429s
-            return self.rate
+        if self.found and (now - self._last_change < 1.0 or not self._admitted_since_cut):
+            return self.rate  # one cut per burst of 429s, and none again before the cut rate is tried
         admitted = self.observed()
         if not self.found and not admitted:
             # Refused before anything was admitted (a burst of 429s at start-up, a quota still resetting): that
@@ -106,13 +109,14 @@ class AdaptiveRate:
         current = self.rate if self.rate is not None else float("inf")
         base = min(current, admitted or current)
         self.rate = max(0.1, (base if base != float("inf") else 1.0) * self.cut)
-        self.found = True
+        self.found, self._admitted_since_cut = True, False
         self._last_change = now
         return self.rate
 
     def on_success(self) -> float | None:
         now = self.clock()
         self._ok.append(now)
+        self._admitted_since_cut = True
         if self.rate is None or now - self._last_change < (self.every if self.found else 0.5):
             return self.rate
         self._last_change = now

@@ -43,6 +43,8 @@ class ServerConfig:
     malformed_rate: float = 0.0  # 200 with a body that is not JSON
     reject_until: float = 0.0  # answer 429 to everything for this many seconds from the first request (a burst
     # that meets a client under way, whatever its start-up took)
+    reject_from: float = 0.0  # ... starting this many seconds after the first request (a storm mid-job)
+    reject_retry_after: float | None = None  # the storm's Retry-After (None: the time left of it)
     seed: int = 0
     # the reply text for a prompt (default "Answer: <A-D>" from answer_for): lets a recipe bring its own "model"
     answer: Callable[[str], str] | None = None
@@ -99,8 +101,10 @@ class LLMServer:
             now = time.monotonic()
             self.log.arrivals.append(now)
             first = self.log.arrivals[0]
-            if now - first < c.reject_until:
+            if c.reject_from <= now - first < c.reject_until:
                 wait = c.reject_until - (now - first)
+                if c.reject_retry_after is not None:
+                    wait = min(wait, c.reject_retry_after)
                 self.log.rejections.append((now, wait))
                 return wait
             if c.refill == "bucket":
@@ -197,8 +201,11 @@ class LLMServer:
                 self.send_header("Content-Length", str(len(body)))
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client went away (killed, or gave up waiting): nobody to answer
 
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
                 length = int(self.headers.get("Content-Length", 0))
