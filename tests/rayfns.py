@@ -29,3 +29,8 @@ def crashes_on_13(record: dict, seconds: float = 0.0, evidence: str | None = Non
     if record["id"] == 13:
         os.kill(os.getpid(), signal.SIGKILL)
     return digest(record, seconds, evidence)
+
+
+def environment(record: dict) -> dict:
+    """What the actor's environment holds: DURABATCH_TEST_SECRET (set only in the driver's) and its node's name."""
+    return {"secret": os.environ.get("DURABATCH_TEST_SECRET"), "node": os.environ.get("DURABATCH_TEST_NODE")}

@@ -41,9 +41,9 @@ def run_args(data: Path, run_dir: Path, fn: str = "rayfns:digest", *extra: objec
     return ["run", "--input", data, "--fn", fn, "--key", "id", "--run-dir", run_dir, "--progress", "off", *extra]
 
 
-def ray_run(cluster: RayCluster, *args: object, timeout: float = 240) -> subprocess.CompletedProcess:
-    """The CLI as a driver inside the cluster's namespace, to the end."""
-    return subprocess.run(cluster.command(cli_command(*args)), env=cluster.driver_env(), capture_output=True,
+def ray_run(cluster: RayCluster, *args: object, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+    """The CLI as a driver inside the cluster's namespace, to the end (`env`: more of the driver's variables)."""
+    return subprocess.run(cluster.command(cli_command(*args)), env=cluster.driver_env(**env), capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -110,6 +110,25 @@ def test_a_function_of_the_main_script_runs_on_the_actors(cluster, tmp_path):
     table = read_export(tmp_path / "run", tmp_path)
     assert sorted(zip(table.column("id").to_pylist(), table.column("double").to_pylist(), strict=True)) == \
         [(i, 2 * i) for i in range(50)]
+
+
+@pytest.mark.slow
+def test_ray_env_passes_the_drivers_variables_to_actors_on_every_node(cluster, tmp_path):
+    # An API key exported where the driver runs: without --ray-env, actors see their node's environment only.
+    data = write_input(tmp_path, 40)
+    secret = {"DURABATCH_TEST_SECRET": "sk-driver-only-1234"}
+    rows = {}
+    for name, extra in (("plain", ()), ("passed", ("--ray-env", "DURABATCH_TEST_SECRET,HOME"))):
+        result = ray_run(cluster, *run_args(data, tmp_path / name, "rayfns:environment", "--engine", "ray",
+                                            "--workers", "2", *extra), **secret)
+        assert result.returncode == 0, result.stderr
+        rows[name] = read_export(tmp_path / name, tmp_path).to_pylist()
+    assert {row["secret"] for row in rows["plain"]} == {None}
+    assert {row["secret"] for row in rows["passed"]} == {"sk-driver-only-1234"}
+    assert {row["node"] for row in rows["passed"]} == {"head", "second"}  # the actors of both nodes got it
+    missing = ray_run(cluster, *run_args(data, tmp_path / "missing", "rayfns:environment", "--engine", "ray",
+                                         "--ray-env", "NOT_SET_ANYWHERE"), **secret)
+    assert missing.returncode == 2 and "NOT_SET_ANYWHERE not set" in missing.stderr, missing.stderr
 
 
 @pytest.mark.slow

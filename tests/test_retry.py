@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.parquet as pq
 import userfns
 
@@ -101,3 +103,17 @@ def test_retry_after_headers_in_all_their_forms():
     assert err(Limited({"retry-after-ms": "750"})).retry_after == 0.75
     assert err(Limited({"x-ratelimit-reset-requests": "6m0s", "x-ratelimit-reset-tokens": "20ms"})).retry_after == 360
     assert err(Limited({})).retry_after is None and err(Limited({})).status == 429
+
+
+def test_names_on_the_command_line_may_be_comma_separated(tmp_path, records_file):
+    # --retry-on A,B was one name "A,B" that no exception has (and --ray-env A,B one variable).
+    from conftest import durabatch_cli
+
+    run_dir = tmp_path / "r"
+    result = durabatch_cli("run", "-i", records_file(5), "--key", "id", "--fn", "userfns:digest", "--run-dir",
+                           run_dir, "--progress", "off", "--retry-on", "RateLimited,Overloaded", "--retry-on", "Busy",
+                           "--fatal-on", "BadInput, WrongShape", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    settings = json.loads((run_dir / "job.json").read_text())["settings"]
+    assert settings["retry_on"] == ["RateLimited", "Overloaded", "Busy"]
+    assert settings["fatal_on"] == ["BadInput", "WrongShape"]

@@ -111,6 +111,20 @@ def start_fresh(s: JobSettings) -> None:
         print(f"durabatch: starting fresh; the previous run directory is now {moved}", file=sys.stderr, flush=True)
 
 
+def _ray_env(s: JobSettings, engine_name: str) -> dict[str, str]:
+    """ray_env: the named variables' values here, for the actors (refused where they are not set: an actor
+    without its API key would fail every item)."""
+    if not s.ray_env:
+        return {}
+    if engine_name != "ray":
+        raise ConfigError(f"{option('ray_env', None)} needs {option('engine', 'ray')}")
+    values, missing = environment.named(s.ray_env)
+    if missing:
+        raise ConfigError(f"{option('ray_env', None)}: {', '.join(missing)} not set in this process's environment "
+                          "(set it here, or leave it out to use the nodes' own)")
+    return values
+
+
 def make_job(target: Any, source: Source, s: JobSettings, rd: RunDir, observers: list[Observer],
              fanin: FanIn | None, deadline: tuple[float, str] | None) -> Job:
     """Settings -> policies: the one mapping from the settings model to what the core is given."""
@@ -140,6 +154,7 @@ def make_job(target: Any, source: Source, s: JobSettings, rd: RunDir, observers:
                            limits, devices=devices, runner_visible=_runner_visible(devices), ray_options={
                                "address": s.ray_address, "cpus_per_worker": s.cpus_per_worker,
                                "gpus_per_worker": s.gpus_per_worker, "shards": s.ray_shards,
+                               "env": _ray_env(s, engine_name),
                                **({"reader": reader, "key": s.key} if reader is not None else {})}),
         keys=Keys(s.key, s.dedupe, s.skip_bad_rows),
         selection=Selection(s.start or 0, s.end, s.limit, ranked=s.ranks is not None),

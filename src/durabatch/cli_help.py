@@ -22,7 +22,7 @@ METAVARS = {
     "retry_on": "ERROR", "fatal_on": "ERROR", "max_worker_memory": "SIZE", "max_memory": "SIZE",
     "max_gpu_memory": "SIZE", "limits": "YAML", "limit_by": "FIELD", "deadline": "DURATION", "deadline_at": "TIME",
     "currency": "CODE", "rpm": "N", "tpm": "N", "tokens_per_item": "N", "price_input": "PRICE",
-    "price_output": "PRICE", "max_cost": "AMOUNT", "cpus_per_worker": "N", "gpus_per_worker": "N",
+    "price_output": "PRICE", "max_cost": "AMOUNT", "cpus_per_worker": "N", "gpus_per_worker": "N", "ray_env": "NAME",
 }
 SECONDS = ("commit_seconds", "backoff_base", "backoff_max", "grace_seconds", "item_timeout", "restart_delay",
            "log_every", "batch_poll")

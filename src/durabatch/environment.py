@@ -36,6 +36,11 @@ def variables() -> dict[str, str]:
     return dict(os.environ)
 
 
+def named(names: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The values of the variables `names` that are set, and the names that are not."""
+    return {n: os.environ[n] for n in names if n in os.environ}, [n for n in names if n not in os.environ]
+
+
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 
 

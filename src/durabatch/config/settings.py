@@ -66,6 +66,10 @@ class JobSettings(BaseModel):
         "sends them to the actors. actors: this process reads only the --key column and sends positions; each "
         "actor reads its batches' records from the input files itself (JSONL or Parquet on storage every node "
         "shares): for heavy items, where the driver's bytes are the limit (see docs/benchmarks.md).")
+    ray_env: list[str] = Field(default_factory=list, description="ray engine: environment variables of this "
+                               "process passed to every actor, by name (e.g. OPENAI_API_KEY,HF_HOME): actors "
+                               "otherwise see the environment their node's `ray start` had. Not in the job "
+                               "fingerprint; the values travel in Ray's runtime env of each actor.")
     rank: int | None = Field(None, ge=0, description="This process's share of the input, 0-based, with --ranks: "
                              "any launcher (Slurm arrays, torchrun, k8s indexed jobs) runs ranks 0..N-1 at once.")
     ranks: int | None = Field(None, ge=1, description="Split the input into N contiguous ranges, each with its "
@@ -151,12 +155,17 @@ class JobSettings(BaseModel):
             return [part for part in value.split(",") if part] if "," in value else [value]
         return [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
 
-    @field_validator("retry_on", "fatal_on", mode="before")
+    @field_validator("retry_on", "fatal_on", "ray_env", mode="before")
     @classmethod
     def _names(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = value.split(",")
-        return [v.__name__ if isinstance(v, type) else v for v in value]
+        """Names as a list, or comma-separated (`--retry-on A,B`, also repeated: `--retry-on A --retry-on B`)."""
+        names: list[str] = []
+        for v in [value] if isinstance(value, str) else value:
+            if isinstance(v, type):
+                names.append(v.__name__)
+            else:
+                names.extend(part.strip() for part in str(v).split(",") if part.strip())
+        return names
 
     @field_validator("params", mode="before")
     @classmethod
@@ -199,8 +208,8 @@ HELP_SECTIONS: dict[str, tuple[str, ...]] = {
     "Input": ("input", "key", "start", "end", "limit", "dedupe", "skip_bad_rows"),
     "Function": ("fn", "params", "batch_size", "batch_format", "split", "combine", "cleanup_every"),
     "Engine": ("engine", "workers", "concurrency", "batch_api", "parse", "batch_requests", "batch_poll"),
-    "Scale-out": ("gpus", "ray_address", "cpus_per_worker", "gpus_per_worker", "ray_shards", "ray_reads", "rank",
-                  "ranks"),
+    "Scale-out": ("gpus", "ray_address", "cpus_per_worker", "gpus_per_worker", "ray_shards", "ray_reads", "ray_env",
+                  "rank", "ranks"),
     "Limits and budgets": ("rpm", "tpm", "tokens_per_item", "limits", "limit_by", "price_input", "price_output",
                            "currency", "max_tokens", "max_cost", "item_timeout", "max_worker_memory", "max_memory",
                            "max_gpu_memory"),

@@ -15,7 +15,8 @@ def make_engine(name: str, workers: int, item_timeout: float | None = None, memo
                 ray_options: Mapping[str, Any] | None = None, runner_visible: str | None = None) -> Engine:
     """item_timeout and memory_limit are enforced where the engine can: processes (kill and replace the worker),
     inline (timeout by SIGALRM in the main thread). Threads cannot be killed: use processes for them.
-    ray_options: address, cpus_per_worker, gpus_per_worker of the ray engine (Ray is imported only when it starts)."""
+    ray_options: the ray engine's address, resources per actor, shards, reader and key, env (Ray is imported only
+    when it starts)."""
     if name == "inline":
         from .inline import InlineEngine
 

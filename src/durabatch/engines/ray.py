@@ -136,7 +136,7 @@ class RayEngine:
 
     def __init__(self, workers: int, address: str | None = None, cpus_per_worker: float | None = None,
                  gpus_per_worker: float | None = None, item_timeout: float | None = None, shards: str = "driver",
-                 reader: Any = None, key: str | None = None):
+                 reader: Any = None, key: str | None = None, env: dict[str, str] | None = None):
         self.slots = workers
         self.address = address
         self.cpus = 1.0 if cpus_per_worker is None else cpus_per_worker
@@ -144,6 +144,7 @@ class RayEngine:
         self.item_timeout = item_timeout
         self.writes_shards = shards == "actors"  # each actor writes its batches' shards (heavy results)
         self.reader, self.key = reader, key  # ray_reads "actors": each actor reads its batches' records (heavy items)
+        self.env = env or {}  # ray_env: variables of the driver's environment set in every actor's (runtime_env)
         self._pool: list[_Slot] = []
         self._owns_ray = False
 
@@ -186,6 +187,8 @@ class RayEngine:
         options: dict[str, Any] = {"num_cpus": self.cpus, "scheduling_strategy": "SPREAD"}
         if self.gpus:
             options["num_gpus"] = self.gpus
+        if self.env:
+            options["runtime_env"] = {"env_vars": self.env}
         handle = self._actor.options(**options).remote(self._work_ref, self.item_timeout, self.reader, self.key)
         return _Slot(handle, handle.ready.remote())
 

@@ -26,6 +26,8 @@ class RunLog(Observer):
         self._rate: float | None = None
 
     def _write(self, text: str) -> None:
+        if self._file.closed:  # a stop announced from a thread (policies/stopping.py) as the run ended
+            return
         self._file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
 
     def on_start(self, stats: Stats) -> None:
