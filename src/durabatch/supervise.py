@@ -83,9 +83,43 @@ def _unmark_restart(rd: RunDir) -> None:
         rd.restart_marker.unlink()
 
 
-def _wait(seconds: float, wake: int) -> None:
-    """Sleep, unless a stop signal comes: its handler writes to `wake` (time.sleep would sleep on after it)."""
-    select.select([wake], [], [], seconds)
+class _Stops:
+    """Stop signals while supervising: forwarded to the running attempt (once: it has its own session), and they
+    end the wait between attempts at once (a write to a pipe; time.sleep would sleep on after the handler)."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.child: subprocess.Popen | None = None
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+        self._previous = {sig: signal.signal(sig, self._forward) for sig in STOP_SIGNALS}
+
+    def _forward(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_write, b"!")
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signum)
+
+    def wait(self, seconds: float) -> None:
+        select.select([self._wake_read], [], [], seconds)
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+
+def _give_up(stalls: int, stall_limit: int, restarts: int, max_restarts: int | None, code: int,
+             rd: RunDir) -> str | None:
+    """Why supervision ends here (a crash loop, or the --restarts budget spent), or None to restart."""
+    if stalls >= stall_limit:
+        return (f"giving up: {stalls} restarts in a row made no progress (a crash loop); last: {describe_exit(code)}"
+                f". See {rd.logs / 'run.log'} and `durabatch status {rd.path}`.")
+    if max_restarts is not None and restarts >= max_restarts:
+        return f"giving up after {restarts} restart(s) (--restarts {max_restarts})"
+    return None
 
 
 class _Log:
@@ -107,25 +141,13 @@ def supervise(run_args: Sequence[str], run_dir: str, max_restarts: int | None = 
     log = _Log(rd.logs / "supervise.log")
     env = {**environment.variables(), environment.SUPERVISED: "1"}
     command = [sys.executable, "-m", "durabatch", "run", *run_args]
-    forwarded: list[int] = []
-    child: subprocess.Popen | None = None
-    wake_read, wake_write = os.pipe()  # a stop signal between attempts ends the wait at once
-    os.set_blocking(wake_write, False)
-
-    def forward(signum: int, frame: object) -> None:
-        forwarded.append(signum)
-        with contextlib.suppress(BlockingIOError):
-            os.write(wake_write, b"!")
-        if child is not None and child.poll() is None:
-            child.send_signal(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    stops = _Stops()
     restarts, stalls, wait = 0, 0, delay
     try:
-        while not forwarded:  # a stop signal between attempts ends supervision too
+        while not stops.received:  # a stop signal between attempts ends supervision too
             before = progress_mark(rd)
-            child = subprocess.Popen(command, env=env, start_new_session=True,  # our signals reach it once
-                                     preexec_fn=_stops_with(os.getpid()))
+            child = stops.child = subprocess.Popen(command, env=env, start_new_session=True,  # signals reach it once
+                                                   preexec_fn=_stops_with(os.getpid()))
             log(f"attempt {restarts + 1}: started pid {child.pid}")
             code = child.wait()
             _unmark_restart(rd)  # the attempt it announced has ended; a new marker if there is a next one
@@ -135,29 +157,23 @@ def supervise(run_args: Sequence[str], run_dir: str, max_restarts: int | None = 
             if left:
                 log(f"attempt {restarts + 1}: exit code 0, but the ledger says {left:,} item(s) are not finished: "
                     "an abnormal end")
-            if (code in NORMAL_EXITS and not left) or forwarded:
+            if (code in NORMAL_EXITS and not left) or stops.received:
                 return code if code in NORMAL_EXITS and not left else 75
             quarantine.record_death(rd, "exited with code 0 before the job was finished" if left else
                                     describe_exit(code))
             progressed = progress_mark(rd) != before
             stalls = 0 if progressed else stalls + 1
-            if stalls >= stall_limit:
-                log(f"giving up: {stalls} restarts in a row made no progress (a crash loop); last: "
-                    f"{describe_exit(code)}. See {rd.logs / 'run.log'} and `durabatch status {run_dir}`.")
-                return EXIT_GAVE_UP
-            if max_restarts is not None and restarts >= max_restarts:
-                log(f"giving up after {restarts} restart(s) (--restarts {max_restarts})")
+            verdict = _give_up(stalls, stall_limit, restarts, max_restarts, code, rd)
+            if verdict:
+                log(verdict)
                 return EXIT_GAVE_UP
             wait = delay if progressed else min(wait * 2, 60.0)
             _mark_restart(rd, restarts + 2, time.time() + wait, describe_exit(code))
             log(f"restarting in {wait:.1f}s ({'progress made' if progressed else f'no progress x{stalls}'})")
-            _wait(wait, wake_read)
+            stops.wait(wait)
             restarts += 1
-        log(f"stopped by {signal.Signals(forwarded[0]).name} between attempts")
+        log(f"stopped by {signal.Signals(stops.received[0]).name} between attempts")
         return 75
     finally:
         _unmark_restart(rd)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        os.close(wake_read)
-        os.close(wake_write)
+        stops.close()

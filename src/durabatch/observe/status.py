@@ -47,7 +47,14 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [r for r in records if isinstance(r, dict) and {"step", "time", "elapsed"} <= r.keys()]
 
 
+# The failure states status counts, by the name it gives each count.
+COUNTED = {"failed": ItemState.FAILED, "quarantined": ItemState.QUARANTINED, "interrupted": ItemState.INTERRUPTED,
+           "pending_retry": ItemState.PENDING}
+
+
 def status(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A job's state from its run directory: a ranked job's ranks merged, a training loop's checkpoints, or a
+    map job's ledger."""
     if ranks_of(run_dir):  # split into ranks: every rank's status merged
         from .ranked import ranked_status
 
@@ -57,13 +64,14 @@ def status(run_dir: str | os.PathLike) -> dict[str, Any]:
         loop = loop_status(run_dir)
         if loop is not None:
             return loop
+    return _job_status(rd)
+
+
+def _job_status(rd: RunDir) -> dict[str, Any]:
     ledger = Ledger.open_readonly(rd)
     try:
         done = ledger.count_done()
-        failed = ledger.count_failures(ItemState.FAILED)
-        quarantined = ledger.count_failures(ItemState.QUARANTINED)
-        interrupted = ledger.count_failures(ItemState.INTERRUPTED)
-        pending_retry = ledger.count_failures(ItemState.PENDING)
+        counts = {name: ledger.count_failures(state) for name, state in COUNTED.items()}
         total = ledger.get_meta("total")
         api, api_history = ledger.get_meta("api"), ledger.get_meta("api_history")
         runs = ledger.runs()
@@ -73,12 +81,13 @@ def status(run_dir: str | os.PathLike) -> dict[str, Any]:
         now = _window_end(pid, last, last_commit, rd)
         fetch_from = max(last.get("started_at") or now, now - 10 * WINDOW_S)  # enough to interpolate at its start
         commits = [c for c in ledger.recent_commits(time.time() - fetch_from) if c[0] <= now]
-        quarantined_items = ledger.failures((ItemState.QUARANTINED,)) if quarantined else []
+        quarantined_items = ledger.failures((ItemState.QUARANTINED,)) if counts["quarantined"] else []
         batches = batch_chunks.summary(ledger)  # Batch-API jobs: each batch's state and counts
     finally:
         ledger.close()
     rate = _items_rate(commits, last, fetch_from, now)
-    remaining = None if total is None else max(0, total - done - failed - quarantined - interrupted)
+    finished = done + counts["failed"] + counts["quarantined"] + counts["interrupted"]
+    remaining = None if total is None else max(0, total - finished)
     supervisor = None if pid else waiting_supervisor(rd)
     state = run_state(pid, remaining, last, supervisor)
     return {
@@ -89,10 +98,7 @@ def status(run_dir: str | os.PathLike) -> dict[str, Any]:
         "supervisor": supervisor,  # restarting: the supervisor's pid, the next attempt, when, how the last ended
         "total": total,
         "done": done,
-        "failed": failed,
-        "quarantined": quarantined,
-        "interrupted": interrupted,
-        "pending_retry": pending_retry,
+        **counts,  # failed, quarantined, interrupted, pending_retry
         "remaining": remaining,
         "rate_per_s": rate,  # items done per second, observe/rate.py's window (the bar's and --json's too)
         "rate_window": f"{WINDOW_LABEL} of the run" if pid else f"{WINDOW_LABEL} before it ended",
